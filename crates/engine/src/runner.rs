@@ -1,0 +1,383 @@
+//! Executes a selection of assets in dependency order and keeps the run record honest: run.json is
+//! rewritten at every state change, every step appends an event, and progress lines go to stderr
+//! (and to worker.log unless a supervisor already captures stderr there). The caller holds the
+//! run lock; this module never takes it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
+use std::time::Instant;
+
+use chrono::Utc;
+use quantlens_lake::arrow::array::{Array, RecordBatch};
+use quantlens_lake::arrow::datatypes::SchemaRef;
+use quantlens_lake::{At, CommitMetadata, Lake};
+use quantlens_runs::{AssetRun, AssetStatus, CheckResult, RunFiles, RunRecord, RunStatus, RunsError};
+use serde_json::json;
+
+use crate::retry::jitter_seed;
+use crate::{freshness, Asset, AssetContext, AssetError, ErrorKind, Materialization, Outcome, Registry};
+
+pub struct RunOptions {
+    /// Selected asset keys, in topological order.
+    pub selected: Vec<String>,
+    /// Skip assets whose tables are already fresh.
+    pub only_stale: bool,
+    /// Also copy progress lines into worker.log (off when a supervisor redirects stderr there).
+    pub log_to_file: bool,
+}
+
+/// Runs the selected assets and returns the final record. The record must already exist on disk
+/// (status starting); errors are only returned when the run record itself cannot be written.
+pub async fn run(
+    registry: &Registry,
+    lake: &Lake,
+    files: &RunFiles,
+    mut record: RunRecord,
+    options: &RunOptions,
+) -> Result<RunRecord, RunsError> {
+    let log = Log {
+        files,
+        to_file: options.log_to_file,
+    };
+    record.status = RunStatus::Running;
+    record.assets = options.selected.iter().map(|k| AssetRun::pending(k)).collect();
+    files.write_record(&record)?;
+    files.append_event(&json!({"event": "run_started", "run_id": record.run_id.as_str(), "selection": record.selection, "assets": options.selected}))?;
+    log.line(&format!(
+        "run {} started: {} asset(s) selected ({})",
+        record.run_id,
+        options.selected.len(),
+        record.selection
+    ));
+
+    let mut failed: HashSet<String> = HashSet::new();
+    let total = options.selected.len();
+    for (index, key) in options.selected.iter().enumerate() {
+        let asset = registry
+            .get(key)
+            .expect("selection only holds registered assets");
+        let position = format!("[{}/{}]", index + 1, total);
+
+        if let Some(blocked_by) = asset.spec.deps.iter().find(|d| failed.contains(d.as_str())) {
+            failed.insert(key.clone());
+            let reason = format!("upstream failed: {blocked_by}");
+            update_asset(&mut record, index, |a| {
+                a.status = AssetStatus::Skipped;
+                a.error = Some(reason.clone());
+            });
+            files.write_record(&record)?;
+            files.append_event(&json!({"event": "asset_skipped", "asset": key, "reason": reason}))?;
+            log.line(&format!("{position} {key}: skipped ({reason})"));
+            continue;
+        }
+
+        let started = Instant::now();
+        update_asset(&mut record, index, |a| {
+            a.status = AssetStatus::Running;
+            a.started_at = Some(Utc::now());
+        });
+        files.write_record(&record)?;
+        files.append_event(&json!({"event": "asset_started", "asset": key}))?;
+        log.line(&format!("{position} {key}: running"));
+
+        let result = materialize_asset(asset, lake, &record, options.only_stale, &mut |attempt, err| {
+            let _ = files.append_event(&json!({"event": "asset_retry", "asset": key, "attempt": attempt, "error": err.message}));
+            log.line(&format!("{position} {key}: attempt {attempt} failed, retrying: {}", err.message));
+        })
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+
+        let (status, line) = match &result.status {
+            Done::Committed { version, rows } => (
+                AssetStatus::Succeeded,
+                format!("committed version {version}, {rows} rows in {seconds:.2}s"),
+            ),
+            Done::Unchanged(reason) => (AssetStatus::Succeeded, format!("nothing to commit ({reason})")),
+            Done::Fresh => (AssetStatus::Fresh, "fresh, not recomputed".to_string()),
+            Done::Failed(message) => {
+                failed.insert(key.clone());
+                (AssetStatus::Failed, format!("FAILED: {message}"))
+            }
+        };
+        update_asset(&mut record, index, |a| {
+            a.status = status;
+            a.attempts = result.attempts;
+            a.finished_at = Some(Utc::now());
+            a.checks = result.checks.clone();
+            if let Done::Committed { version, rows } = result.status {
+                a.table_version = Some(version);
+                a.rows_written = Some(rows);
+            }
+            if let Done::Failed(message) | Done::Unchanged(message) = &result.status {
+                a.error = Some(message.clone());
+            }
+        });
+        files.write_record(&record)?;
+        for check in &result.checks {
+            files.append_event(&json!({"event": "check", "asset": key, "check": check}))?;
+            if !check.passed {
+                let level = if check.blocking { "blocking" } else { "warning" };
+                log.line(&format!("{position} {key}: check {} failed ({level}): {}", check.name, check.detail));
+            }
+        }
+        files.append_event(&json!({
+            "event": "asset_finished", "asset": key, "status": status, "attempts": result.attempts,
+            "seconds": seconds, "detail": line,
+        }))?;
+        log.line(&format!("{position} {key}: {line}"));
+    }
+
+    record.status = if failed.is_empty() {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    record.finished_at = Some(Utc::now());
+    record.exit_code = Some(if failed.is_empty() {
+        quantlens_runs::exit::SUCCEEDED
+    } else {
+        quantlens_runs::exit::FAILED
+    });
+    if !failed.is_empty() {
+        let mut names: Vec<_> = failed.into_iter().collect();
+        names.sort();
+        record.error = Some(format!("failed or skipped: {}", names.join(", ")));
+    }
+    files.write_record(&record)?;
+    files.append_event(&json!({"event": "run_finished", "status": record.status}))?;
+    log.line(&format!("run {} {}", record.run_id, record.status.as_str()));
+    Ok(record)
+}
+
+fn update_asset(record: &mut RunRecord, index: usize, change: impl FnOnce(&mut AssetRun)) {
+    change(&mut record.assets[index]);
+}
+
+enum Done {
+    Committed { version: i64, rows: u64 },
+    Unchanged(String),
+    Fresh,
+    Failed(String),
+}
+
+struct AssetResult {
+    status: Done,
+    attempts: u32,
+    checks: Vec<CheckResult>,
+}
+
+async fn materialize_asset(
+    asset: &Asset,
+    lake: &Lake,
+    record: &RunRecord,
+    only_stale: bool,
+    on_retry: &mut (dyn FnMut(u32, &AssetError) + Send),
+) -> AssetResult {
+    let key = asset.spec.key.to_string();
+    let failed = |message: String, attempts| AssetResult {
+        status: Done::Failed(message),
+        attempts,
+        checks: Vec::new(),
+    };
+    let upstream = match upstream_versions(asset, lake).await {
+        Ok(upstream) => upstream,
+        Err(err) => return failed(err.message, 0),
+    };
+    if only_stale {
+        match last_commit_metadata(lake, &key).await {
+            Ok(last) => {
+                if freshness(&asset.spec.code_version, last.as_ref(), &upstream).is_fresh() {
+                    return AssetResult {
+                        status: Done::Fresh,
+                        attempts: 0,
+                        checks: Vec::new(),
+                    };
+                }
+            }
+            Err(err) => return failed(err.message, 0),
+        }
+    }
+
+    let context = AssetContext {
+        run_id: record.run_id.to_string(),
+        key: key.clone(),
+        lake: lake.clone(),
+        upstream: upstream.clone(),
+    };
+    let mut seed = jitter_seed();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = attempt_once(asset, &context).await;
+        match result {
+            Err(err) if err.kind == ErrorKind::Transient && attempt < asset.retry.max_attempts => {
+                on_retry(attempt, &err);
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                tokio::time::sleep(asset.retry.delay_after(attempt, seed >> 11)).await;
+            }
+            Err(err) => return failed(err.message, attempt),
+            Ok(mut done) => {
+                done.attempts = attempt;
+                return done;
+            }
+        }
+    }
+}
+
+/// One attempt: compute, validate, check, commit. Failed blocking checks are an outcome, not an
+/// error, so they are never retried.
+async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResult, AssetError> {
+    let outcome = (asset.compute)(context.clone()).await?;
+    let materialization = match outcome {
+        Outcome::Unchanged { reason } => {
+            return Ok(AssetResult {
+                status: Done::Unchanged(reason),
+                attempts: 0,
+                checks: Vec::new(),
+            })
+        }
+        Outcome::Materialized(m) => m,
+    };
+    let Materialization {
+        batches,
+        mode,
+        extra_metadata,
+        side_writes,
+    } = materialization;
+    check_schema(&context.key, &asset.schema, &batches)?;
+
+    let checks: Vec<CheckResult> = asset
+        .checks
+        .iter()
+        .map(|check| {
+            let (passed, detail) = match (check.run)(&batches) {
+                Ok(detail) => (true, detail),
+                Err(detail) => (false, detail),
+            };
+            CheckResult {
+                name: check.name.clone(),
+                passed,
+                blocking: check.blocking,
+                detail,
+            }
+        })
+        .collect();
+    if let Some(blocking) = checks.iter().find(|c| c.blocking && !c.passed) {
+        return Ok(AssetResult {
+            status: Done::Failed(format!(
+                "blocking check `{}` failed: {}; nothing committed",
+                blocking.name, blocking.detail
+            )),
+            attempts: 0,
+            checks,
+        });
+    }
+
+    let metadata = CommitMetadata {
+        run_id: context.run_id.clone(),
+        asset: context.key.clone(),
+        code_version: asset.spec.code_version.clone(),
+        upstream: context.upstream.clone(),
+        extra: extra_metadata,
+    };
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let version = context
+        .lake
+        .write(&context.key, asset.schema.clone(), batches, mode, &metadata)
+        .await?;
+    for side in side_writes {
+        let side_metadata = CommitMetadata {
+            asset: side.key.clone(),
+            ..metadata.clone()
+        };
+        context
+            .lake
+            .write(&side.key, side.schema, side.batches, side.mode, &side_metadata)
+            .await?;
+    }
+    Ok(AssetResult {
+        status: Done::Committed { version, rows },
+        attempts: 0,
+        checks,
+    })
+}
+
+/// Output must match the declared schema column for column; a non-nullable column may hold no nulls.
+fn check_schema(key: &str, declared: &SchemaRef, batches: &[RecordBatch]) -> Result<(), AssetError> {
+    for batch in batches {
+        let actual = batch.schema();
+        let names = |s: &SchemaRef| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+        if names(&actual) != names(declared) {
+            return Err(AssetError::data(format!(
+                "`{key}` produced columns [{}] but declares [{}]",
+                names(&actual).join(", "),
+                names(declared).join(", ")
+            )));
+        }
+        for (index, field) in declared.fields().iter().enumerate() {
+            let column = batch.column(index);
+            if column.data_type() != field.data_type() {
+                return Err(AssetError::data(format!(
+                    "`{key}` column `{}` is {} but the asset declares {}",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                )));
+            }
+            if !field.is_nullable() && column.null_count() > 0 {
+                return Err(AssetError::data(format!(
+                    "`{key}` column `{}` holds {} null(s) but is declared non-nullable",
+                    field.name(),
+                    column.null_count()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn upstream_versions(asset: &Asset, lake: &Lake) -> Result<BTreeMap<String, i64>, AssetError> {
+    let mut versions = BTreeMap::new();
+    for dep in &asset.spec.deps {
+        let table = lake.load(dep.as_str(), At::Latest).await?.ok_or_else(|| {
+            AssetError::data(format!(
+                "upstream `{dep}` has never been materialised; select it too (e.g. `+{}`)",
+                asset.spec.key
+            ))
+        })?;
+        versions.insert(dep.to_string(), table.version());
+    }
+    Ok(versions)
+}
+
+/// Whether `asset` needs to run, judged from the lake as it is now.
+pub async fn asset_freshness(asset: &Asset, lake: &Lake) -> Result<crate::Freshness, AssetError> {
+    let upstream = upstream_versions(asset, lake).await?;
+    let last = last_commit_metadata(lake, asset.spec.key.as_str()).await?;
+    Ok(freshness(&asset.spec.code_version, last.as_ref(), &upstream))
+}
+
+async fn last_commit_metadata(
+    lake: &Lake,
+    key: &str,
+) -> Result<Option<CommitMetadata>, AssetError> {
+    let Some(table) = lake.load(key, At::Latest).await? else {
+        return Ok(None);
+    };
+    Ok(table.last_commit().await?.and_then(|c| c.quantlens))
+}
+
+struct Log<'a> {
+    files: &'a RunFiles,
+    to_file: bool,
+}
+
+impl Log<'_> {
+    fn line(&self, message: &str) {
+        let line = format!("{} {message}", Utc::now().format("%H:%M:%S%.3f"));
+        let _ = writeln!(std::io::stderr(), "{line}");
+        if self.to_file {
+            let _ = self.files.append_log(&line);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! DuckDB over lake snapshots. DuckDB has no offline Delta reader, so a snapshot is shown to it as
+//! `read_parquet([...])` over exactly the files deltalake says are live at that version. The lake
+//! has no partition columns and no deletion vectors, so the files hold every column and row.
+
+use std::path::PathBuf;
+
+use crate::{At, Lake, LakeError};
+
+/// A SQL list literal of file paths for `read_parquet`.
+pub fn parquet_list(paths: &[PathBuf]) -> String {
+    let quoted: Vec<String> = paths
+        .iter()
+        .map(|p| format!("'{}'", p.display().to_string().replace('\'', "''")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A `SELECT` over one table's snapshot, or `None` if the table does not exist. A table with no
+/// files yet gets an empty relation with its columns, so queries still bind.
+pub async fn snapshot_query(lake: &Lake, key: &str, at: At) -> Result<Option<String>, LakeError> {
+    let Some(table) = lake.load(key, at).await? else {
+        return Ok(None);
+    };
+    let files = table.local_paths()?;
+    if !files.is_empty() {
+        return Ok(Some(format!("SELECT * FROM read_parquet({})", parquet_list(&files))));
+    }
+    let schema = table.arrow_schema()?;
+    let columns: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("NULL::{} AS \"{}\"", duckdb_type(f.data_type()), f.name()))
+        .collect();
+    Ok(Some(format!("SELECT {} WHERE false", columns.join(", "))))
+}
+
+fn duckdb_type(data_type: &arrow::datatypes::DataType) -> &'static str {
+    use arrow::datatypes::DataType as T;
+    match data_type {
+        T::Boolean => "BOOLEAN",
+        T::Int8 | T::Int16 | T::Int32 => "INTEGER",
+        T::Int64 => "BIGINT",
+        T::Float32 | T::Float64 => "DOUBLE",
+        T::Date32 => "DATE",
+        T::Timestamp(_, Some(_)) => "TIMESTAMPTZ",
+        T::Timestamp(_, None) => "TIMESTAMP",
+        _ => "VARCHAR",
+    }
+}
+
+/// Creates one view per table (named like `silver_prices`) over its latest snapshot and returns
+/// the names of the views created; tables that do not exist yet are left out.
+pub async fn create_views(
+    conn: &duckdb::Connection,
+    lake: &Lake,
+    tables: &[(String, String)],
+) -> Result<Vec<String>, LakeError> {
+    let mut created = Vec::new();
+    for (key, view) in tables {
+        if let Some(query) = snapshot_query(lake, key, At::Latest).await? {
+            conn.execute_batch(&format!("CREATE OR REPLACE VIEW \"{view}\" AS {query}"))
+                .map_err(|e| LakeError::Bridge(format!("DuckDB view `{view}`: {e}")))?;
+            created.push(view.clone());
+        }
+    }
+    Ok(created)
+}

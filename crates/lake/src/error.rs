@@ -1,0 +1,71 @@
+//! The lake's error type. Each variant says which table or file was involved, and whether trying
+//! again might help: the engine retries transient errors (I/O, commit conflicts) and never data ones.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum LakeError {
+    #[error("invalid DATA_ROOT `{root}`: {reason}")]
+    InvalidRoot { root: String, reason: String },
+
+    #[error("table `{table}`: {source}")]
+    Delta {
+        table: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+
+    #[error("table `{table}` has no version {version} (latest is {latest})")]
+    NoSuchVersion {
+        table: String,
+        version: i64,
+        latest: i64,
+    },
+
+    #[error("table `{table}`: reading {file}: {source}")]
+    Parquet {
+        table: String,
+        file: String,
+        #[source]
+        source: deltalake::parquet::errors::ParquetError,
+    },
+
+    #[error("storage `{url}`: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("table `{table}` is stored at {url}, which DuckDB cannot read from local disk")]
+    NotLocal { table: String, url: String },
+
+    #[error("converting between Arrow implementations: {0}")]
+    Bridge(String),
+}
+
+impl LakeError {
+    /// True for errors that may go away on a retry: storage I/O and commit conflicts. Errors in the
+    /// data or the request itself are permanent.
+    pub fn is_transient(&self) -> bool {
+        use deltalake::DeltaTableError as E;
+        match self {
+            LakeError::Store { .. } | LakeError::Parquet { .. } => true,
+            LakeError::Delta { source, .. } => matches!(
+                source,
+                E::ObjectStore { .. }
+                    | E::Io { .. }
+                    | E::Transaction { .. }
+                    | E::VersionAlreadyExists(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn delta(table: &str) -> impl FnOnce(deltalake::DeltaTableError) -> LakeError + '_ {
+    move |source| LakeError::Delta {
+        table: table.to_string(),
+        source,
+    }
+}

@@ -1,0 +1,96 @@
+//! Plain files under a directory URL: the landing zone that market-data deliveries arrive in, read
+//! and written through object_store so LANDING_DIR can be local or remote alike.
+
+use std::sync::Arc;
+
+use deltalake::{ObjectStore, Path};
+use futures::TryStreamExt;
+use object_store::PutPayload;
+use url::Url;
+
+use crate::{resolve_root, LakeError};
+
+/// One file found in a directory: its name relative to the directory, and its size.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoredFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A directory of plain files.
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+impl FileStore {
+    /// Opens the directory at `location` (a path or URL; local directories are created).
+    pub fn open(location: &str) -> Result<FileStore, LakeError> {
+        let url = resolve_root(location)?;
+        let (store, prefix) = object_store::parse_url(&url).map_err(|source| LakeError::Store {
+            url: url.to_string(),
+            source,
+        })?;
+        Ok(FileStore {
+            url,
+            store: Arc::from(store),
+            prefix,
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    fn store_error(&self, source: object_store::Error) -> LakeError {
+        LakeError::Store {
+            url: self.url.to_string(),
+            source,
+        }
+    }
+
+    fn path_of(&self, name: &str) -> Path {
+        name.split('/')
+            .fold(self.prefix.clone(), |path, part| path.child(part))
+    }
+
+    /// Every file directly or indirectly under the directory, sorted by name.
+    pub async fn list(&self) -> Result<Vec<StoredFile>, LakeError> {
+        let prefix = self.prefix.clone();
+        let mut files: Vec<StoredFile> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| StoredFile {
+                name: meta
+                    .location
+                    .prefix_match(&prefix)
+                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+                    .unwrap_or_else(|| meta.location.to_string()),
+                size: meta.size,
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.store_error(e))?;
+        files.sort();
+        Ok(files)
+    }
+
+    pub async fn read(&self, name: &str) -> Result<bytes::Bytes, LakeError> {
+        let result = self
+            .store
+            .get(&self.path_of(name))
+            .await
+            .map_err(|e| self.store_error(e))?;
+        result.bytes().await.map_err(|e| self.store_error(e))
+    }
+
+    pub async fn write(&self, name: &str, contents: Vec<u8>) -> Result<(), LakeError> {
+        self.store
+            .put(&self.path_of(name), PutPayload::from(contents))
+            .await
+            .map_err(|e| self.store_error(e))?;
+        Ok(())
+    }
+}

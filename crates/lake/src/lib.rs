@@ -1,0 +1,20 @@
+//! The lake: every Delta table QuantLens owns lives under one DATA_ROOT URL, and this crate is the
+//! only door to it. It turns asset keys into table URLs, writes batches as one Delta commit carrying
+//! QuantLens' lineage metadata, reads snapshots back (latest, a version, or a point in time), lists
+//! history, and moves Arrow batches between the three columnar worlds of the worker: arrow 59
+//! (deltalake's), Polars' own arrow, and DuckDB's arrow 60. Everything goes through URLs and
+//! `object_store`, never `std::fs` on table data, so an `s3://` DATA_ROOT can follow.
+
+mod bridge;
+pub mod duck;
+mod error;
+mod files;
+mod location;
+mod table;
+
+pub use arrow;
+pub use bridge::{batches_to_polars, duckdb_to_lake, polars_to_batches};
+pub use error::LakeError;
+pub use files::{FileStore, StoredFile};
+pub use location::{resolve_root, Lake};
+pub use table::{At, Commit, CommitMetadata, Table, TableFile, WriteMode};

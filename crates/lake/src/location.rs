@@ -1,0 +1,110 @@
+//! Where tables live. DATA_ROOT may be a plain local path (made absolute, created if missing) or a
+//! URL such as `file:///srv/lake` or `s3://bucket/prefix`; an asset key `silver/prices` becomes the
+//! table at `<DATA_ROOT>/silver/prices/`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use url::Url;
+
+use crate::LakeError;
+
+/// Turns a DATA_ROOT (or LANDING_DIR) string into a directory URL ending in `/`. Local paths are
+/// created so that a fresh clone works with the default `./data`.
+pub fn resolve_root(root: &str) -> Result<Url, LakeError> {
+    let invalid = |reason: String| LakeError::InvalidRoot {
+        root: root.to_string(),
+        reason,
+    };
+    if root.trim().is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    let mut url = match Url::parse(root) {
+        // A single letter before ':' is a Windows drive, not a scheme; anything else with a scheme is a URL.
+        Ok(url) if url.scheme().len() > 1 => url,
+        _ => {
+            let path = Path::new(root);
+            std::fs::create_dir_all(path)
+                .map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
+            let absolute = path
+                .canonicalize()
+                .map_err(|e| invalid(format!("cannot resolve the directory: {e}")))?;
+            Url::from_directory_path(&absolute)
+                .map_err(|()| invalid("not an absolute directory path".into()))?
+        }
+    };
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|()| invalid("not a local path".into()))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| invalid(format!("cannot create the directory: {e}")))?;
+    }
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+/// The lake rooted at DATA_ROOT, with the storage options object_store needs for remote roots.
+#[derive(Clone, Debug)]
+pub struct Lake {
+    root: Url,
+    storage_options: HashMap<String, String>,
+}
+
+impl Lake {
+    pub fn open(data_root: &str) -> Result<Lake, LakeError> {
+        Ok(Lake {
+            root: resolve_root(data_root)?,
+            storage_options: HashMap::new(),
+        })
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
+    }
+
+    /// The directory URL of the table for `key`, ending in `/`.
+    pub fn table_url(&self, key: &str) -> Url {
+        self.root
+            .join(&format!("{}/", key.trim_matches('/')))
+            .expect("asset keys are validated URL path segments")
+    }
+
+    /// True when tables live on this machine's disk, so DuckDB can scan their Parquet files in place.
+    pub fn is_local(&self) -> bool {
+        self.root.scheme() == "file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_become_directory_urls() {
+        let dir = std::env::temp_dir().join(format!("ql-lake-{}", std::process::id()));
+        let url = resolve_root(dir.join("data").to_str().unwrap()).unwrap();
+        assert_eq!(url.scheme(), "file");
+        assert!(url.path().ends_with("/data/"));
+        let lake = Lake::open(dir.join("data").to_str().unwrap()).unwrap();
+        assert!(lake.is_local());
+        assert!(lake
+            .table_url("silver/prices")
+            .as_str()
+            .ends_with("/data/silver/prices/"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn remote_urls_are_kept() {
+        let url = resolve_root("s3://bucket/some/prefix").unwrap();
+        assert_eq!(url.as_str(), "s3://bucket/some/prefix/");
+        assert!(resolve_root("  ").is_err());
+    }
+}

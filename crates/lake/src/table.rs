@@ -1,0 +1,347 @@
+//! Delta tables: load a snapshot (latest, a version, or a point in time), read it into Arrow batches,
+//! list its files and history, and write batches as exactly one commit. Writes go through
+//! deltalake's `RecordBatchWriter`, which only writes Parquet files; the commit that makes them
+//! visible (plus the removes of an overwrite) is ours, so a crash before it leaves the table at its
+//! previous version with nothing but unreferenced files behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use chrono::{DateTime, TimeZone, Utc};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, StructType};
+use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::error::delta;
+use crate::{Lake, LakeError};
+
+/// The commitInfo key under which QuantLens records its lineage.
+const METADATA_KEY: &str = "quantlens";
+
+/// Files read at once when scanning a snapshot.
+const READ_CONCURRENCY: usize = 4;
+
+/// Which snapshot of a table to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    Latest,
+    Version(i64),
+    Timestamp(DateTime<Utc>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Add the batches to what the table holds.
+    Append,
+    /// Replace everything the table holds with the batches.
+    Overwrite,
+}
+
+/// What every QuantLens commit records about itself, so lineage and staleness come from the tables.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommitMetadata {
+    pub run_id: String,
+    pub asset: String,
+    pub code_version: String,
+    /// The version of each upstream table this commit was computed from.
+    pub upstream: BTreeMap<String, i64>,
+    /// Anything else the asset wants to remember (e.g. the landing files a bronze commit ingested).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One entry of a table's history, newest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct Commit {
+    pub version: i64,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub operation: String,
+    pub quantlens: Option<CommitMetadata>,
+}
+
+/// One Parquet file of a snapshot.
+#[derive(Clone, Debug)]
+pub struct TableFile {
+    pub path: Path,
+    pub size: u64,
+    pub rows: Option<u64>,
+}
+
+/// A loaded snapshot of one table.
+pub struct Table {
+    key: String,
+    inner: DeltaTable,
+}
+
+impl Lake {
+    fn builder(&self, key: &str) -> Result<DeltaTableBuilder, LakeError> {
+        Ok(DeltaTableBuilder::from_url(self.table_url(key))
+            .map_err(delta(key))?
+            .with_storage_options(self.storage_options().clone()))
+    }
+
+    /// Loads the table for `key`, or `None` when nothing has been committed there yet.
+    pub async fn load(&self, key: &str, at: At) -> Result<Option<Table>, LakeError> {
+        let builder = self.builder(key)?;
+        let builder = match at {
+            At::Version(version) => builder.with_version(version),
+            At::Timestamp(ts) => builder.with_timestamp(ts),
+            At::Latest => builder,
+        };
+        match builder.load().await {
+            Ok(inner) => Ok(Some(Table {
+                key: key.to_string(),
+                inner,
+            })),
+            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {
+                Ok(None)
+            }
+            Err(err) => {
+                if let At::Version(version) = at {
+                    // Distinguish "no such version" from a broken table, with the latest for context.
+                    if let Some(latest) = Box::pin(self.load(key, At::Latest)).await? {
+                        if version > latest.version() || version < 0 {
+                            return Err(LakeError::NoSuchVersion {
+                                table: key.to_string(),
+                                version,
+                                latest: latest.version(),
+                            });
+                        }
+                    }
+                }
+                Err(delta(key)(err))
+            }
+        }
+    }
+
+    /// Writes `batches` to the table for `key` as one commit and returns the new version. The table
+    /// is created (version 0) on its first write, with `schema`.
+    pub async fn write(
+        &self,
+        key: &str,
+        schema: SchemaRef,
+        batches: impl IntoIterator<Item = RecordBatch>,
+        mode: WriteMode,
+        metadata: &CommitMetadata,
+    ) -> Result<i64, LakeError> {
+        let existing = self.load(key, At::Latest).await?;
+        let mut writer = RecordBatchWriter::try_new(
+            self.table_url(key).as_str(),
+            schema.clone(),
+            None,
+            Some(self.storage_options().clone()),
+        )
+        .map_err(delta(key))?;
+        for batch in batches {
+            if batch.num_rows() > 0 {
+                writer.write(batch).await.map_err(delta(key))?;
+            }
+        }
+        let mut actions: Vec<Action> = writer
+            .flush()
+            .await
+            .map_err(delta(key))?
+            .into_iter()
+            .map(Action::Add)
+            .collect();
+        let properties = CommitProperties::default().with_metadata([(
+            METADATA_KEY.to_string(),
+            serde_json::to_value(metadata).expect("commit metadata serializes"),
+        )]);
+
+        let Some(table) = existing else {
+            let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
+                delta(key)(DeltaTableError::Generic(format!("schema not supported by Delta: {e}")))
+            })?;
+            let created = deltalake::operations::create::CreateBuilder::new()
+                .with_location(self.table_url(key).as_str())
+                .with_storage_options(self.storage_options().clone())
+                .with_columns(columns.fields().cloned())
+                .with_actions(actions)
+                .with_commit_properties(properties)
+                .await
+                .map_err(delta(key))?;
+            return Ok(created.version().unwrap_or(0));
+        };
+
+        if mode == WriteMode::Overwrite {
+            let snapshot = table.inner.snapshot().map_err(delta(key))?;
+            actions.extend(
+                snapshot
+                    .log_data()
+                    .into_iter()
+                    .map(|file| Action::Remove(file.remove_action(true))),
+            );
+        }
+        let save_mode = match mode {
+            WriteMode::Append => SaveMode::Append,
+            WriteMode::Overwrite => SaveMode::Overwrite,
+        };
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(
+                Some(table.inner.snapshot().map_err(delta(key))?),
+                table.inner.log_store(),
+                DeltaOperation::Write {
+                    mode: save_mode,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
+            .await
+            .map_err(delta(key))?;
+        Ok(finalized.version())
+    }
+}
+
+impl Table {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn version(&self) -> i64 {
+        self.inner.version().unwrap_or(0)
+    }
+
+    pub fn url(&self) -> &url::Url {
+        self.inner.table_url()
+    }
+
+    /// The table's schema as Arrow sees it.
+    pub fn arrow_schema(&self) -> Result<SchemaRef, LakeError> {
+        use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
+        let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;
+        let schema: arrow::datatypes::Schema = snapshot
+            .schema()
+            .as_ref()
+            .try_into_arrow()
+            .map_err(|e| LakeError::Bridge(format!("table `{}` schema: {e}", self.key)))?;
+        Ok(Arc::new(schema))
+    }
+
+    /// The Parquet files of this snapshot.
+    pub fn files(&self) -> Result<Vec<TableFile>, LakeError> {
+        let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;
+        Ok(snapshot
+            .log_data()
+            .into_iter()
+            .map(|file| TableFile {
+                path: file.object_store_path(),
+                size: file.size().max(0) as u64,
+                rows: file.num_records().map(|n| n as u64),
+            })
+            .collect())
+    }
+
+    /// Rows in this snapshot, from the file statistics (no data is read).
+    pub fn row_count(&self) -> Result<u64, LakeError> {
+        Ok(self.files()?.iter().filter_map(|f| f.rows).sum())
+    }
+
+    /// Absolute local paths of this snapshot's files, for engines (DuckDB) that scan Parquet by path.
+    pub fn local_paths(&self) -> Result<Vec<PathBuf>, LakeError> {
+        let url = self.url();
+        let not_local = || LakeError::NotLocal {
+            table: self.key.clone(),
+            url: url.to_string(),
+        };
+        let root = url.to_file_path().map_err(|()| not_local())?;
+        Ok(self
+            .files()?
+            .into_iter()
+            .map(|file| root.join(file.path.as_ref()))
+            .collect())
+    }
+
+    /// Reads the whole snapshot, optionally only some columns, as Arrow batches in file order.
+    pub async fn read(&self, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, LakeError> {
+        let store = self.inner.object_store();
+        let files = self.files()?;
+        let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
+            .map(|file| read_parquet(&self.key, store.clone(), file, columns))
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(per_file.into_iter().flatten().collect())
+    }
+
+    /// Commits newest first, at most `limit` of them.
+    pub async fn history(&self, limit: Option<usize>) -> Result<Vec<Commit>, LakeError> {
+        let infos: Vec<_> = self
+            .inner
+            .history(limit)
+            .try_collect()
+            .await
+            .map_err(delta(&self.key))?;
+        let latest = self.version();
+        Ok(infos
+            .into_iter()
+            .enumerate()
+            .map(|(i, info)| Commit {
+                version: info.read_version.map(|v| v as i64 + 1).unwrap_or(latest - i as i64),
+                timestamp: info
+                    .timestamp
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+                operation: info.operation.unwrap_or_default(),
+                quantlens: info
+                    .info
+                    .get(METADATA_KEY)
+                    .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            })
+            .collect())
+    }
+
+    /// The newest commit, with its QuantLens metadata if QuantLens wrote it.
+    pub async fn last_commit(&self) -> Result<Option<Commit>, LakeError> {
+        Ok(self.history(Some(1)).await?.into_iter().next())
+    }
+
+    /// The commit timestamp of this snapshot's version.
+    pub fn version_timestamp(&self) -> Option<DateTime<Utc>> {
+        let snapshot = self.inner.snapshot().ok()?;
+        let ms = snapshot.version_timestamp(self.version())?;
+        Utc.timestamp_millis_opt(ms).single()
+    }
+}
+
+async fn read_parquet(
+    key: &str,
+    store: Arc<dyn ObjectStore>,
+    file: TableFile,
+    columns: Option<&[&str]>,
+) -> Result<Vec<RecordBatch>, LakeError> {
+    let parquet_error = |source| LakeError::Parquet {
+        table: key.to_string(),
+        file: file.path.to_string(),
+        source,
+    };
+    let reader = ParquetObjectReader::new(store, file.path.clone()).with_file_size(file.size);
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(parquet_error)?;
+    if let Some(columns) = columns {
+        let schema = builder.parquet_schema();
+        let wanted: HashMap<&str, ()> = columns.iter().map(|c| (*c, ())).collect();
+        let indices = schema
+            .root_schema()
+            .get_fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, field)| wanted.contains_key(field.name()))
+            .map(|(i, _)| i);
+        let mask = ProjectionMask::roots(schema, indices);
+        builder = builder.with_projection(mask);
+    }
+    let stream = builder.build().map_err(parquet_error)?;
+    stream.try_collect().await.map_err(parquet_error)
+}

@@ -1,0 +1,309 @@
+//! `bronze/prices`: every data row of every landing file, as raw strings, appended once per
+//! delivery. The ledger `bronze/landing_files` records each file seen (name, size, sha256, ingested
+//! or rejected and why), so a re-run ingests only new or changed files. A bronze commit also lists
+//! its files in its commit metadata; if a crash struck between that commit and the ledger's, the
+//! next run finds the files there, treats them as ingested and repairs the ledger.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use quantlens_engine::{Asset, AssetContext, AssetError, Materialization, Outcome, RetryPolicy, SideWrite};
+use quantlens_lake::arrow::array::{
+    Array, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+};
+use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use quantlens_lake::{At, FileStore, Lake, WriteMode};
+use serde_json::json;
+
+use crate::landing::{is_candidate, parse_delivery, sha256_hex, RawRow, HEADER};
+use crate::spec;
+
+pub const PRICES: &str = "bronze/prices";
+pub const LEDGER: &str = "bronze/landing_files";
+
+/// Landing files read and parsed together; bounds memory on large backfills.
+const FILES_PER_BATCH: usize = 64;
+
+pub(crate) fn utc_timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+pub fn prices_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = HEADER
+        .iter()
+        .map(|name| Field::new(*name, DataType::Utf8, true))
+        .collect();
+    fields.extend([
+        Field::new("field_count", DataType::Int32, false),
+        Field::new("source_file", DataType::Utf8, false),
+        Field::new("source_line", DataType::Int64, false),
+        Field::new("ingested_at", utc_timestamp(), false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+pub fn ledger_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("bytes", DataType::Int64, false),
+        Field::new("sha256", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, true),
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("ingested_at", utc_timestamp(), false),
+    ]))
+}
+
+pub fn asset(landing: String) -> Asset {
+    Asset {
+        spec: spec(PRICES, &[], "bronze", "1", "Every landing row as raw strings, appended once per delivery."),
+        schema: prices_schema(),
+        checks: Vec::new(),
+        retry: RetryPolicy::default(),
+        side_tables: vec![LEDGER.to_string()],
+        compute: Arc::new(move |ctx| Box::pin(compute(ctx, landing.clone()))),
+    }
+}
+
+struct LedgerEntry {
+    file: String,
+    bytes: u64,
+    sha256: String,
+    fate: Fate,
+}
+
+enum Fate {
+    Ingested { rows: u64 },
+    Rejected { reason: String },
+    /// Found in a bronze commit that an interrupted run did not record in the ledger.
+    Recovered,
+}
+
+async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetError> {
+    let store = FileStore::open(&landing)?;
+    let (mut known, recovered) = known_deliveries(&ctx.lake).await?;
+    let ingested_at = Utc::now().timestamp_micros();
+
+    let candidates: Vec<_> = store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|f| is_candidate(&f.name))
+        .collect();
+    let mut ledger: Vec<LedgerEntry> = recovered;
+    let mut batches = Vec::new();
+    for group in candidates.chunks(FILES_PER_BATCH) {
+        let contents: Vec<(String, _)> = futures::stream::iter(group)
+            .map(|file| {
+                let store = &store;
+                async move { Ok::<_, AssetError>((file.name.clone(), store.read(&file.name).await?)) }
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let mut builder = BronzeBuilder::default();
+        for (name, bytes) in contents {
+            let sha256 = sha256_hex(&bytes);
+            if !known.insert((name.clone(), sha256.clone())) {
+                continue;
+            }
+            let fate = match parse_delivery(&bytes) {
+                Ok(delivery) => {
+                    for row in &delivery.rows {
+                        builder.push(row, &name);
+                    }
+                    Fate::Ingested {
+                        rows: delivery.rows.len() as u64,
+                    }
+                }
+                Err(reason) => Fate::Rejected { reason },
+            };
+            ledger.push(LedgerEntry {
+                file: name,
+                bytes: bytes.len() as u64,
+                sha256,
+                fate,
+            });
+        }
+        if builder.len() > 0 {
+            batches.push(builder.finish(ingested_at)?);
+        }
+    }
+
+    let new_files: Vec<_> = ledger
+        .iter()
+        .filter(|e| matches!(e.fate, Fate::Ingested { .. }))
+        .map(|e| json!({"file": e.file, "sha256": e.sha256}))
+        .collect();
+    let new_entries = ledger
+        .iter()
+        .filter(|e| !matches!(e.fate, Fate::Recovered))
+        .count();
+    let ledger_batch = ledger_batch(&ledger, &ctx.run_id, ingested_at)?;
+    if new_entries == 0 {
+        if ledger.is_empty() {
+            return Ok(Outcome::Unchanged {
+                reason: "no new landing files".into(),
+            });
+        }
+        // Only a repair of the ledger after an interrupted run: record it, bronze stays as it is.
+        let metadata = quantlens_lake::CommitMetadata {
+            run_id: ctx.run_id.clone(),
+            asset: LEDGER.into(),
+            code_version: "1".into(),
+            ..Default::default()
+        };
+        ctx.lake
+            .write(LEDGER, ledger_schema(), [ledger_batch], WriteMode::Append, &metadata)
+            .await?;
+        return Ok(Outcome::Unchanged {
+            reason: format!("no new landing files; ledger repaired with {} file(s)", ledger.len()),
+        });
+    }
+
+    let mut extra = serde_json::Map::new();
+    extra.insert("files".into(), serde_json::Value::Array(new_files));
+    Ok(Outcome::Materialized(Materialization {
+        batches,
+        mode: WriteMode::Append,
+        extra_metadata: extra,
+        side_writes: vec![SideWrite {
+            key: LEDGER.into(),
+            schema: ledger_schema(),
+            batches: vec![ledger_batch],
+            mode: WriteMode::Append,
+        }],
+    }))
+}
+
+/// The (file, sha256) pairs already handled, from the ledger plus the newest bronze commit (which a
+/// crash may have left unrecorded in the ledger), and ledger entries for the latter.
+async fn known_deliveries(
+    lake: &Lake,
+) -> Result<(HashSet<(String, String)>, Vec<LedgerEntry>), AssetError> {
+    let mut known = HashSet::new();
+    if let Some(table) = lake.load(LEDGER, At::Latest).await? {
+        for batch in table.read(Some(&["file", "sha256"])).await? {
+            let files = string_column(&batch, "file")?;
+            let hashes = string_column(&batch, "sha256")?;
+            for i in 0..batch.num_rows() {
+                known.insert((files.value(i).to_string(), hashes.value(i).to_string()));
+            }
+        }
+    }
+    let mut recovered = Vec::new();
+    if let Some(prices) = lake.load(PRICES, At::Latest).await? {
+        let last = prices.last_commit().await?;
+        let files = last
+            .and_then(|c| c.quantlens)
+            .and_then(|m| m.extra.get("files").cloned())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        for file in files {
+            let (Some(name), Some(sha)) = (file["file"].as_str(), file["sha256"].as_str()) else {
+                continue;
+            };
+            if known.insert((name.to_string(), sha.to_string())) {
+                recovered.push(LedgerEntry {
+                    file: name.to_string(),
+                    bytes: 0,
+                    sha256: sha.to_string(),
+                    fate: Fate::Recovered,
+                });
+            }
+        }
+    }
+    Ok((known, recovered))
+}
+
+pub(crate) fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, AssetError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| AssetError::data(format!("column `{name}` is missing or not a string")))
+}
+
+fn ledger_batch(entries: &[LedgerEntry], run_id: &str, ingested_at: i64) -> Result<RecordBatch, AssetError> {
+    let mut file = StringBuilder::new();
+    let mut bytes = Int64Builder::new();
+    let mut sha = StringBuilder::new();
+    let mut status = StringBuilder::new();
+    let mut reason = StringBuilder::new();
+    let mut rows = Int64Builder::new();
+    for entry in entries {
+        file.append_value(&entry.file);
+        bytes.append_value(entry.bytes as i64);
+        sha.append_value(&entry.sha256);
+        let (fate, why, count) = match &entry.fate {
+            Fate::Ingested { rows } => ("ingested", None, Some(*rows as i64)),
+            Fate::Rejected { reason } => ("rejected", Some(reason.as_str()), Some(0)),
+            Fate::Recovered => (
+                "ingested",
+                Some("recorded late: its run was interrupted after the bronze commit"),
+                None,
+            ),
+        };
+        status.append_value(fate);
+        reason.append_option(why);
+        rows.append_option(count);
+    }
+    let n = entries.len();
+    RecordBatch::try_new(
+        ledger_schema(),
+        vec![
+            Arc::new(file.finish()),
+            Arc::new(bytes.finish()),
+            Arc::new(sha.finish()),
+            Arc::new(status.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(rows.finish()),
+            Arc::new(StringArray::from(vec![run_id; n])),
+            Arc::new(TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC")),
+        ],
+    )
+    .map_err(|e| AssetError::data(format!("building the ledger batch: {e}")))
+}
+
+/// Accumulates raw rows into the bronze columns.
+#[derive(Default)]
+struct BronzeBuilder {
+    fields: [StringBuilder; 7],
+    field_count: Int32Builder,
+    source_file: StringBuilder,
+    source_line: Int64Builder,
+}
+
+impl BronzeBuilder {
+    fn len(&self) -> usize {
+        self.field_count.len()
+    }
+
+    fn push(&mut self, row: &RawRow, file: &str) {
+        for (index, builder) in self.fields.iter_mut().enumerate() {
+            builder.append_option(row.fields.get(index));
+        }
+        self.field_count.append_value(row.fields.len() as i32);
+        self.source_file.append_value(file);
+        self.source_line.append_value(row.line as i64);
+    }
+
+    fn finish(mut self, ingested_at: i64) -> Result<RecordBatch, AssetError> {
+        let rows = self.len();
+        let mut columns: Vec<Arc<dyn Array>> = self
+            .fields
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as Arc<dyn Array>)
+            .collect();
+        columns.push(Arc::new(self.field_count.finish()));
+        columns.push(Arc::new(self.source_file.finish()));
+        columns.push(Arc::new(self.source_line.finish()));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![ingested_at; rows]).with_timezone("UTC"),
+        ));
+        RecordBatch::try_new(prices_schema(), columns)
+            .map_err(|e| AssetError::data(format!("building a bronze batch: {e}")))
+    }
+}

@@ -1,0 +1,460 @@
+//! `silver/prices`: typed, validated, one row per (symbol, date). Every bronze row either becomes a
+//! candidate price or goes to `silver/prices_rejects` with the first rule it broke, so nothing is
+//! silently dropped. Among candidates for the same (symbol, date), the latest delivery wins:
+//! greatest ingested_at, then source_file, then source_line.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{Datelike, NaiveDate};
+use quantlens_engine::{Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy, SideWrite};
+use quantlens_lake::arrow::array::{
+    Array, Date32Array, Float64Array, Int32Array, Int64Array, Int64Builder, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use quantlens_lake::WriteMode;
+
+use crate::bronze::{self, string_column, utc_timestamp};
+use crate::landing::HEADER;
+use crate::spec;
+
+pub const PRICES: &str = "silver/prices";
+pub const REJECTS: &str = "silver/prices_rejects";
+
+pub fn prices_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("date", DataType::Date32, false),
+        Field::new("open", DataType::Float64, false),
+        Field::new("high", DataType::Float64, false),
+        Field::new("low", DataType::Float64, false),
+        Field::new("close", DataType::Float64, false),
+        Field::new("volume", DataType::Int64, false),
+    ]))
+}
+
+pub fn rejects_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = HEADER
+        .iter()
+        .map(|name| Field::new(*name, DataType::Utf8, true))
+        .collect();
+    fields.extend([
+        Field::new("source_file", DataType::Utf8, false),
+        Field::new("source_line", DataType::Int64, false),
+        Field::new("ingested_at", utc_timestamp(), false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+pub fn asset() -> Asset {
+    Asset {
+        spec: spec(
+            PRICES,
+            &[bronze::PRICES],
+            "silver",
+            "1",
+            "Validated daily prices, one row per (symbol, date), latest delivery wins.",
+        ),
+        schema: prices_schema(),
+        checks: vec![
+            Check::blocking("unique_symbol_date", unique_symbol_date),
+            Check::blocking("no_null_prices", no_null_prices),
+        ],
+        retry: RetryPolicy::default(),
+        side_tables: vec![REJECTS.to_string()],
+        compute: Arc::new(|ctx| Box::pin(compute(ctx))),
+    }
+}
+
+/// A bronze row that passed every rule.
+#[derive(Clone, Copy)]
+struct Candidate {
+    symbol: u32,
+    date: i32,
+    open: f64,
+    high: f64,
+    low: f64,
+    close: f64,
+    volume: i64,
+    ingested_at: i64,
+    file: u32,
+    line: i64,
+}
+
+/// The first validation rule a row breaks, with a human explanation.
+#[derive(Debug, PartialEq)]
+pub struct Broken {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+/// Parsed values of a valid row.
+#[derive(Debug, PartialEq)]
+pub struct ValidRow<'a> {
+    pub symbol: &'a str,
+    pub date: NaiveDate,
+    pub prices: [f64; 4],
+    pub volume: i64,
+}
+
+/// Applies the silver rules in order to one row's raw fields and returns the first one broken.
+pub fn validate<'a>(fields: &[Option<&'a str>; 7], field_count: i32) -> Result<ValidRow<'a>, Broken> {
+    let broken = |rule, detail: String| Err(Broken { rule, detail });
+    if field_count != 7 {
+        return broken("field_count", format!("expected 7 fields, found {field_count}"));
+    }
+    let mut values = [""; 7];
+    for (index, field) in fields.iter().enumerate() {
+        let value = field.unwrap_or("").trim();
+        if value.is_empty() {
+            return broken("empty_field", format!("`{}` is empty", HEADER[index]));
+        }
+        values[index] = value;
+    }
+    let [symbol, date, ..] = values;
+    if !is_valid_symbol(symbol) {
+        return broken(
+            "bad_symbol",
+            format!("`{symbol}` does not match ^[A-Z0-9][A-Z0-9.-]{{0,15}}$"),
+        );
+    }
+    let Some(date) = parse_date(date) else {
+        return broken("bad_date", format!("`{date}` is not a YYYY-MM-DD date"));
+    };
+    let mut prices = [0.0; 4];
+    for (slot, index) in prices.iter_mut().zip(2..6) {
+        *slot = match values[index].parse::<f64>() {
+            Ok(price) => price,
+            Err(_) => {
+                return broken(
+                    "bad_number",
+                    format!("`{}` is not a number: `{}`", HEADER[index], values[index]),
+                )
+            }
+        };
+    }
+    let Ok(volume) = values[6].parse::<i64>() else {
+        return broken("bad_volume", format!("`volume` is not an integer: `{}`", values[6]));
+    };
+    for (price, index) in prices.iter().zip(2..6) {
+        if !price.is_finite() {
+            return broken("price_not_finite", format!("`{}` is {price}", HEADER[index]));
+        }
+        if *price <= 0.0 {
+            return broken("price_not_positive", format!("`{}` is {price}", HEADER[index]));
+        }
+    }
+    if volume < 0 {
+        return broken("negative_volume", format!("`volume` is {volume}"));
+    }
+    let [open, high, low, close] = prices;
+    if low > open.min(close) {
+        return broken("low_above_open_close", format!("low {low} > min(open {open}, close {close})"));
+    }
+    if high < open.max(close) {
+        return broken("high_below_open_close", format!("high {high} < max(open {open}, close {close})"));
+    }
+    Ok(ValidRow {
+        symbol,
+        date,
+        prices,
+        volume,
+    })
+}
+
+fn is_valid_symbol(symbol: &str) -> bool {
+    let bytes = symbol.as_bytes();
+    let first_ok = bytes
+        .first()
+        .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    first_ok
+        && bytes.len() <= 16
+        && bytes[1..]
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+}
+
+fn parse_date(text: &str) -> Option<NaiveDate> {
+    if text.len() != 10 {
+        return None;
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+}
+
+const UNIX_EPOCH_DAY: i32 = 719_163; // days from 0001-01-01 (CE day 1) to 1970-01-01
+
+/// Interns strings to dense ids, so millions of rows carry 4-byte keys instead of strings.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Interner {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        id
+    }
+
+    /// For each id, its position in sorted name order.
+    fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.names.len() as u32).collect();
+        order.sort_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+        let mut ranks = vec![0; order.len()];
+        for (rank, id) in order.into_iter().enumerate() {
+            ranks[id as usize] = rank as u32;
+        }
+        ranks
+    }
+}
+
+struct RejectsBuilder {
+    fields: [StringBuilder; 7],
+    source_file: StringBuilder,
+    source_line: Int64Builder,
+    ingested_at: TimestampMicrosecondBuilder,
+    rule: StringBuilder,
+    detail: StringBuilder,
+}
+
+impl RejectsBuilder {
+    fn new() -> Self {
+        RejectsBuilder {
+            fields: Default::default(),
+            source_file: StringBuilder::new(),
+            source_line: Int64Builder::new(),
+            ingested_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            rule: StringBuilder::new(),
+            detail: StringBuilder::new(),
+        }
+    }
+
+    fn push(&mut self, fields: &[Option<&str>; 7], file: &str, line: i64, ingested_at: i64, broken: Broken) {
+        for (builder, field) in self.fields.iter_mut().zip(fields) {
+            builder.append_option(*field);
+        }
+        self.source_file.append_value(file);
+        self.source_line.append_value(line);
+        self.ingested_at.append_value(ingested_at);
+        self.rule.append_value(broken.rule);
+        self.detail.append_value(broken.detail);
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, AssetError> {
+        let mut columns: Vec<Arc<dyn Array>> = self
+            .fields
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as Arc<dyn Array>)
+            .collect();
+        columns.push(Arc::new(self.source_file.finish()));
+        columns.push(Arc::new(self.source_line.finish()));
+        columns.push(Arc::new(self.ingested_at.finish()));
+        columns.push(Arc::new(self.rule.finish()));
+        columns.push(Arc::new(self.detail.finish()));
+        RecordBatch::try_new(rejects_schema(), columns)
+            .map_err(|e| AssetError::data(format!("building the rejects batch: {e}")))
+    }
+}
+
+async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
+    let (_, bronze_batches) = ctx.read_upstream(bronze::PRICES, None).await?;
+    let mut symbols = Interner::default();
+    let mut files = Interner::default();
+    let mut candidates = Vec::new();
+    let mut rejects = RejectsBuilder::new();
+    for batch in &bronze_batches {
+        let raw: Vec<&StringArray> = HEADER
+            .iter()
+            .map(|name| string_column(batch, name))
+            .collect::<Result<_, _>>()?;
+        let field_count = typed_column::<Int32Array>(batch, "field_count")?;
+        let source_file = string_column(batch, "source_file")?;
+        let source_line = typed_column::<Int64Array>(batch, "source_line")?;
+        let ingested_at = typed_column::<TimestampMicrosecondArray>(batch, "ingested_at")?;
+        for row in 0..batch.num_rows() {
+            let fields: [Option<&str>; 7] =
+                std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
+            match validate(&fields, field_count.value(row)) {
+                Ok(valid) => candidates.push(Candidate {
+                    symbol: symbols.id(valid.symbol),
+                    date: valid.date.num_days_from_ce() - UNIX_EPOCH_DAY,
+                    open: valid.prices[0],
+                    high: valid.prices[1],
+                    low: valid.prices[2],
+                    close: valid.prices[3],
+                    volume: valid.volume,
+                    ingested_at: ingested_at.value(row),
+                    file: files.id(source_file.value(row)),
+                    line: source_line.value(row),
+                }),
+                Err(broken) => rejects.push(
+                    &fields,
+                    source_file.value(row),
+                    source_line.value(row),
+                    ingested_at.value(row),
+                    broken,
+                ),
+            }
+        }
+    }
+    drop(bronze_batches);
+
+    // Sort so that each (symbol, date) group ends with the winning delivery, and the table comes
+    // out ordered by symbol then date (what gold's per-symbol windows want).
+    let symbol_rank = symbols.ranks();
+    let file_rank = files.ranks();
+    let order = |c: &Candidate| {
+        (
+            symbol_rank[c.symbol as usize],
+            c.date,
+            c.ingested_at,
+            file_rank[c.file as usize],
+            c.line,
+        )
+    };
+    candidates.sort_unstable_by(|a, b| order(a).cmp(&order(b)));
+    let winners: Vec<&Candidate> = candidates
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| {
+            candidates
+                .get(i + 1)
+                .is_none_or(|next| (next.symbol, next.date) != (c.symbol, c.date))
+        })
+        .map(|(_, c)| c)
+        .collect();
+
+    let column = |f: fn(&Candidate) -> f64| Arc::new(Float64Array::from_iter_values(winners.iter().map(|c| f(c))));
+    let batch = RecordBatch::try_new(
+        prices_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                winners.iter().map(|c| symbols.names[c.symbol as usize].as_str()),
+            )),
+            Arc::new(Date32Array::from_iter_values(winners.iter().map(|c| c.date))),
+            column(|c| c.open),
+            column(|c| c.high),
+            column(|c| c.low),
+            column(|c| c.close),
+            Arc::new(Int64Array::from_iter_values(winners.iter().map(|c| c.volume))),
+        ],
+    )
+    .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))?;
+
+    let mut silver = Materialization::overwrite(vec![batch]);
+    silver.side_writes.push(SideWrite {
+        key: REJECTS.into(),
+        schema: rejects_schema(),
+        batches: vec![rejects.finish()?],
+        mode: WriteMode::Overwrite,
+    });
+    Ok(Outcome::Materialized(silver))
+}
+
+pub(crate) fn typed_column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, AssetError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| AssetError::data(format!("column `{name}` is missing or has an unexpected type")))
+}
+
+/// Blocking: at most one row per (symbol, date). Silver is written sorted, which makes this a
+/// single pass; unsorted input falls back to a hash set.
+fn unique_symbol_date(batches: &[RecordBatch]) -> Result<String, String> {
+    let mut previous: Option<(String, i32)> = None;
+    let mut sorted = true;
+    let mut rows = 0usize;
+    for batch in batches {
+        let symbols = string_column(batch, "symbol").map_err(|e| e.message)?;
+        let dates = typed_column::<Date32Array>(batch, "date").map_err(|e| e.message)?;
+        for i in 0..batch.num_rows() {
+            rows += 1;
+            let key = (symbols.value(i), dates.value(i));
+            if let Some((symbol, date)) = &previous {
+                match (symbol.as_str(), *date).cmp(&key) {
+                    Ordering::Less => {}
+                    Ordering::Equal => {
+                        return Err(format!("duplicate row for ({}, day {})", key.0, key.1));
+                    }
+                    Ordering::Greater => sorted = false,
+                }
+            }
+            previous = Some((key.0.to_string(), key.1));
+        }
+    }
+    if !sorted {
+        let mut seen = std::collections::HashSet::new();
+        for batch in batches {
+            let symbols = string_column(batch, "symbol").map_err(|e| e.message)?;
+            let dates = typed_column::<Date32Array>(batch, "date").map_err(|e| e.message)?;
+            for i in 0..batch.num_rows() {
+                if !seen.insert((symbols.value(i).to_string(), dates.value(i))) {
+                    return Err(format!("duplicate row for ({}, day {})", symbols.value(i), dates.value(i)));
+                }
+            }
+        }
+    }
+    Ok(format!("{rows} rows, all (symbol, date) unique"))
+}
+
+/// Blocking: every price column is fully populated.
+fn no_null_prices(batches: &[RecordBatch]) -> Result<String, String> {
+    for name in ["open", "high", "low", "close"] {
+        let nulls: usize = batches
+            .iter()
+            .map(|b| b.column_by_name(name).map_or(b.num_rows(), |c| c.null_count()))
+            .sum();
+        if nulls > 0 {
+            return Err(format!("`{name}` has {nulls} null(s)"));
+        }
+    }
+    Ok("open, high, low, close have no nulls".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(fields: [&str; 7]) -> Result<(), &'static str> {
+        let fields = fields.map(Some);
+        validate(&fields, 7).map(|_| ()).map_err(|b| b.rule)
+    }
+
+    #[test]
+    fn each_rule_is_reported_first_when_broken() {
+        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "10.5", "100"]), Ok(()));
+        assert_eq!(check(["BRK.B", "2024-01-02", "10", "11", "9", "10.5", "0"]), Ok(()));
+        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "", "100"]), Err("empty_field"));
+        assert_eq!(check(["aaa", "2024-01-02", "10", "11", "9", "10", "100"]), Err("bad_symbol"));
+        assert_eq!(check(["-AA", "2024-01-02", "10", "11", "9", "10", "100"]), Err("bad_symbol"));
+        assert_eq!(check(["ABCDEFGHIJKLMNOPQ", "2024-01-02", "10", "11", "9", "10", "1"]), Err("bad_symbol"));
+        assert_eq!(check(["AAA", "02/01/2024", "10", "11", "9", "10", "100"]), Err("bad_date"));
+        assert_eq!(check(["AAA", "2024-02-30", "10", "11", "9", "10", "100"]), Err("bad_date"));
+        assert_eq!(check(["AAA", "2024-01-02", "ten", "11", "9", "10", "100"]), Err("bad_number"));
+        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "10", "1.5"]), Err("bad_volume"));
+        assert_eq!(check(["AAA", "2024-01-02", "10", "inf", "9", "10", "100"]), Err("price_not_finite"));
+        assert_eq!(check(["AAA", "2024-01-02", "10", "NaN", "9", "10", "100"]), Err("price_not_finite"));
+        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "0", "10", "100"]), Err("price_not_positive"));
+        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "10", "-1"]), Err("negative_volume"));
+        // Swapped high and low.
+        assert_eq!(check(["AAA", "2024-01-02", "10", "9", "11", "10", "100"]), Err("low_above_open_close"));
+        assert_eq!(check(["AAA", "2024-01-02", "10", "10.2", "9", "10.5", "100"]), Err("high_below_open_close"));
+        assert_eq!(validate(&[Some("AAA"); 7], 6).unwrap_err().rule, "field_count");
+        assert_eq!(validate(&[None; 7], 7).unwrap_err().rule, "empty_field");
+    }
+
+    #[test]
+    fn epoch_offset_is_right() {
+        let date = NaiveDate::from_ymd_opt(1970, 1, 2).unwrap();
+        assert_eq!(date.num_days_from_ce() - UNIX_EPOCH_DAY, 1);
+    }
+}

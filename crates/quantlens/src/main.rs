@@ -1,0 +1,251 @@
+//! `quantlens`: the worker (`materialize`) and the operator's CLI over the lake and the run records.
+//! Every command reads its locations from flags or the environment (DATA_ROOT, LANDING_DIR,
+//! STATE_DIR) with defaults that work from a fresh clone. Exit codes: 0 success, 1 run failed,
+//! 2 usage or configuration error, 75 another run holds the lock.
+
+mod inspect;
+mod materialize;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use quantlens_lake::{resolve_root, Lake};
+use quantlens_pipeline::PipelineConfig;
+use quantlens_runs::exit;
+
+#[derive(Parser)]
+#[command(
+    name = "quantlens",
+    version,
+    about = "Materialise the QuantLens asset graph into Delta Lake, and inspect it.",
+    long_about = "Materialise the QuantLens asset graph (landing CSV -> bronze -> silver -> gold) into \
+Delta Lake tables under DATA_ROOT, and inspect tables, lineage and runs.\n\n\
+Exit codes: 0 success, 1 run failed, 2 usage or configuration error, 75 another run holds the lock."
+)]
+struct Cli {
+    #[command(flatten)]
+    locations: Locations,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Locations {
+    /// Where the Delta tables live: a local directory or a URL such as s3://bucket/prefix.
+    #[arg(long, env = "DATA_ROOT", default_value = "./data", global = true)]
+    data_root: String,
+    /// Where landing CSV files arrive [default: <DATA_ROOT>/landing/prices].
+    #[arg(long, env = "LANDING_DIR", global = true)]
+    landing_dir: Option<String>,
+    /// Local directory for run records and the run lock.
+    #[arg(long, env = "STATE_DIR", default_value = "./state", global = true)]
+    state_dir: PathBuf,
+}
+
+impl Locations {
+    fn lake(&self) -> anyhow::Result<Lake> {
+        Lake::open(&self.data_root).map_err(Into::into)
+    }
+
+    fn landing(&self) -> anyhow::Result<String> {
+        match &self.landing_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(resolve_root(&self.data_root)?
+                .join("landing/prices/")
+                .context("building the default LANDING_DIR")?
+                .to_string()),
+        }
+    }
+
+    fn pipeline(&self) -> anyhow::Result<PipelineConfig> {
+        Ok(PipelineConfig {
+            landing: self.landing()?,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Materialise the selected assets (all by default) and record the run.
+    Materialize(materialize::MaterializeArgs),
+    /// List every table: layer, last materialisation, version, rows, stale or fresh.
+    Assets {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the asset graph.
+    Lineage {
+        #[arg(long, value_enum, default_value_t = LineageFormat::Mermaid)]
+        format: LineageFormat,
+    },
+    /// List recent runs, or print one run record.
+    Runs {
+        /// A run id to print in full (JSON).
+        run_id: Option<String>,
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The commit history of a table, newest first, with its lineage metadata.
+    History {
+        /// A table key such as silver/prices.
+        asset: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print rows of a table, now or as it was (time travel).
+    Show {
+        /// A table key such as gold/returns.
+        asset: String,
+        /// Read this table version.
+        #[arg(long, conflicts_with = "as_of")]
+        version: Option<i64>,
+        /// Read the table as it was at this time (RFC 3339, e.g. 2026-01-31T18:00:00Z).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Rows to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Run DuckDB SQL over the current snapshot of every table, each a view such as silver_prices.
+    Sql {
+        /// The query, e.g. "SELECT count(*) FROM gold_returns".
+        query: String,
+    },
+    /// Write deterministic synthetic landing files (with some junk) into LANDING_DIR.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LineageFormat {
+    Mermaid,
+    Dot,
+    Json,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Number of symbols.
+    #[arg(long, default_value_t = 20)]
+    symbols: usize,
+    /// Number of trading days (one file each).
+    #[arg(long, default_value_t = 120)]
+    days: usize,
+    /// Random seed; the same arguments always give the same files.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// First trading day (YYYY-MM-DD).
+    #[arg(long, default_value = "2024-01-01")]
+    start: chrono::NaiveDate,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// An error with the exit code it should produce.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure {
+            code: exit::USAGE as u8,
+            error: error.into(),
+        }
+    }
+}
+
+pub fn fail(code: i32, error: anyhow::Error) -> Failure {
+    Failure {
+        code: code as u8,
+        error,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, Failure> {
+    let locations = cli.locations;
+    match cli.command {
+        Command::Materialize(args) => materialize::run(&locations, args).await,
+        Command::Assets { json } => inspect::assets(&locations, json).await,
+        Command::Lineage { format } => inspect::lineage(&locations, format),
+        Command::Runs {
+            run_id,
+            limit,
+            json,
+        } => inspect::runs(&locations, run_id, limit, json),
+        Command::History { asset, limit } => inspect::history(&locations, &asset, limit).await,
+        Command::Show {
+            asset,
+            version,
+            as_of,
+            limit,
+        } => inspect::show(&locations, &asset, version, as_of, limit).await,
+        Command::Sql { query } => inspect::sql(&locations, &query).await,
+        Command::Demo(args) => demo(&locations, args).await,
+    }
+}
+
+async fn demo(locations: &Locations, args: DemoArgs) -> Result<i32, Failure> {
+    if args.symbols == 0 || args.days == 0 {
+        return Err(anyhow::anyhow!("--symbols and --days must be at least 1").into());
+    }
+    let landing = quantlens_lake::FileStore::open(&locations.landing()?)?;
+    let options = quantlens_pipeline::demo::DemoOptions {
+        symbols: args.symbols,
+        days: args.days,
+        seed: args.seed,
+        start: args.start,
+    };
+    let summary = quantlens_pipeline::demo::write_demo(&landing, &options)
+        .await
+        .map_err(|e| fail(exit::FAILED, e.into()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "landing": landing.url().as_str(), "files": summary.files, "rows": summary.rows,
+                "bytes": summary.bytes, "junk_rows": summary.junk_rows,
+                "duplicate_rows": summary.duplicate_rows, "bad_header_files": summary.bad_header_files,
+            })
+        );
+    } else {
+        println!(
+            "wrote {} files ({} valid rows, {} junk lines, {} duplicates, {} wrong-header files, {} bytes) to {}",
+            summary.files,
+            summary.rows,
+            summary.junk_rows,
+            summary.duplicate_rows,
+            summary.bad_header_files,
+            summary.bytes,
+            landing.url()
+        );
+    }
+    Ok(exit::SUCCEEDED)
+}

@@ -1,0 +1,134 @@
+//! `quantlens materialize`: take the run lock (or adopt the one the trigger daemon handed over),
+//! record the run, execute the selection, print a summary, prune old runs, exit with the run's code.
+
+use anyhow::anyhow;
+use clap::Args;
+use quantlens_engine::RunOptions;
+use quantlens_lake::FileStore;
+use quantlens_pipeline::demo::{write_demo, DemoOptions};
+use quantlens_pipeline::landing::is_candidate;
+use quantlens_runs::{exit, RunId, RunLock, RunRecord, RunsError, StateDir, DEFAULT_RETENTION};
+
+use crate::output::print_table;
+use crate::{fail, Failure, Locations};
+
+#[derive(Args)]
+pub struct MaterializeArgs {
+    /// Which assets: `*` (all), `key`, `key+` (and downstream), `+key` (and upstream),
+    /// `group:silver`, or a comma-separated union of those.
+    #[arg(long, default_value = "*")]
+    select: String,
+    /// Use this run id instead of a generated one ([A-Za-z0-9][A-Za-z0-9._-]{0,63}).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Skip assets whose tables are already up to date with their inputs and code.
+    #[arg(long)]
+    stale: bool,
+    /// Write the demo landing data first when LANDING_DIR holds no files.
+    #[arg(long)]
+    demo: bool,
+    /// Who started the run, recorded in run.json (cli, http, timer, ...).
+    #[arg(long, env = "QUANTLENS_TRIGGER", default_value = "cli")]
+    trigger: String,
+    /// Run records to keep in STATE_DIR; older ones are deleted.
+    #[arg(long, env = "QUANTLENS_KEEP_RUNS", default_value_t = DEFAULT_RETENTION)]
+    keep_runs: usize,
+}
+
+pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Failure> {
+    let registry = quantlens_pipeline::registry(&locations.pipeline()?);
+    let selected: Vec<String> = registry
+        .graph()
+        .select(&args.select)?
+        .into_iter()
+        .map(|k| k.to_string())
+        .collect();
+    let lake = locations.lake()?;
+    let state = StateDir::new(&locations.state_dir);
+    state.create()?;
+    let run_id = match &args.run_id {
+        Some(id) => RunId::parse(id)?,
+        None => RunId::generate(),
+    };
+    if state.run_dir(&run_id).exists() {
+        return Err(anyhow!("run id `{run_id}` was already used; pick another").into());
+    }
+
+    let mut lock = match RunLock::inherited(&state)? {
+        Some(lock) => lock,
+        None => match RunLock::try_acquire(&state, &run_id) {
+            Ok(lock) => lock,
+            Err(RunsError::Locked { holder }) => {
+                let holder = holder.filter(|h| !h.is_empty()).unwrap_or_else(|| "(unknown run)".into());
+                return Err(fail(exit::LOCKED, anyhow!("already running {holder}")));
+            }
+            Err(err) => return Err(err.into()),
+        },
+    };
+    lock.set_holder(&run_id)?;
+
+    if args.demo {
+        seed_demo_data(locations).await?;
+    }
+    for orphan in state.mark_orphans_crashed(&run_id)? {
+        eprintln!("note: run {orphan} had died without finishing; recorded as crashed");
+    }
+
+    let files = state.run_files(&run_id);
+    let record = RunRecord::new(run_id.clone(), &args.trigger, &args.select);
+    files.write_record(&record)?;
+    let options = RunOptions {
+        selected,
+        only_stale: args.stale,
+        log_to_file: std::env::var_os("QUANTLENS_LOG_CAPTURED").is_none(),
+    };
+    let record = quantlens_engine::run(&registry, &lake, &files, record, &options)
+        .await
+        .map_err(|e| fail(exit::FAILED, e.into()))?;
+
+    print_summary(&record);
+    if let Err(err) = state.prune(args.keep_runs.max(1), Some(&run_id)) {
+        eprintln!("warning: pruning old runs: {err:#}");
+    }
+    drop(lock);
+    Ok(record.exit_code.unwrap_or(exit::FAILED))
+}
+
+/// `--demo`: a fresh clone has no landing files; give it the default demo set.
+async fn seed_demo_data(locations: &Locations) -> Result<(), Failure> {
+    let landing = FileStore::open(&locations.landing()?)?;
+    if landing.list().await?.iter().any(|f| is_candidate(&f.name)) {
+        return Ok(());
+    }
+    let summary = write_demo(&landing, &DemoOptions::default()).await?;
+    eprintln!(
+        "landing was empty: wrote {} demo files ({} rows) to {}",
+        summary.files,
+        summary.rows,
+        landing.url()
+    );
+    Ok(())
+}
+
+fn print_summary(record: &RunRecord) {
+    let rows: Vec<Vec<String>> = record
+        .assets
+        .iter()
+        .map(|asset| {
+            let seconds = match (asset.started_at, asset.finished_at) {
+                (Some(start), Some(end)) => format!("{:.2}", (end - start).num_milliseconds() as f64 / 1000.0),
+                _ => "-".into(),
+            };
+            vec![
+                asset.key.clone(),
+                asset.status.as_str().to_string(),
+                asset.rows_written.map_or("-".into(), |r| r.to_string()),
+                asset.table_version.map_or("-".into(), |v| v.to_string()),
+                seconds,
+                asset.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!("run {} {}", record.run_id, record.status);
+    print_table(&["asset", "status", "rows", "version", "seconds", "note"], &rows);
+}
