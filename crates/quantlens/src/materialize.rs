@@ -7,7 +7,7 @@ use quantlens_engine::RunOptions;
 use quantlens_lake::FileStore;
 use quantlens_pipeline::demo::{write_demo, DemoOptions};
 use quantlens_pipeline::landing::is_candidate;
-use quantlens_runs::{exit, RunId, RunLock, RunRecord, RunsError, StateDir, DEFAULT_RETENTION};
+use quantlens_runs::{exit, RunId, RunLock, RunRecord, RunStatus, RunsError, StateDir, DEFAULT_RETENTION};
 
 use crate::output::print_table;
 use crate::{fail, Failure, Locations};
@@ -50,11 +50,12 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         Some(id) => RunId::parse(id)?,
         None => RunId::generate(),
     };
-    if state.run_dir(&run_id).exists() {
+    let inherited = RunLock::inherited(&state)?;
+    if state.run_dir(&run_id).exists() && !handed_over(&state, &run_id, inherited.is_some()) {
         return Err(anyhow!("run id `{run_id}` was already used; pick another").into());
     }
 
-    let mut lock = match RunLock::inherited(&state)? {
+    let mut lock = match inherited {
         Some(lock) => lock,
         None => match RunLock::try_acquire(&state, &run_id) {
             Ok(lock) => lock,
@@ -92,6 +93,16 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
     }
     drop(lock);
     Ok(record.exit_code.unwrap_or(exit::FAILED))
+}
+
+/// A supervisor (the trigger daemon) that takes the lock and hands it over also writes the run's
+/// `starting` record first, so the run is visible the moment it answers; the worker takes it over.
+fn handed_over(state: &StateDir, run_id: &RunId, lock_inherited: bool) -> bool {
+    lock_inherited
+        && state
+            .run_files(run_id)
+            .read_record()
+            .is_ok_and(|record| record.status == RunStatus::Starting)
 }
 
 /// `--demo`: a fresh clone has no landing files; give it the default demo set.

@@ -1,0 +1,93 @@
+"""Shared fixtures for the end-to-end tests: they run the real `quantlens` binary against a
+scratch DATA_ROOT / STATE_DIR and read the Delta tables back with independent readers (the
+Python `deltalake` and `polars` packages), never through QuantLens' own code."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def quantlens_binary() -> Path:
+    explicit = os.environ.get("QUANTLENS_BIN")
+    if explicit:
+        return Path(explicit)
+    meta = json.loads(
+        subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+            cwd=REPO, check=True, capture_output=True, text=True,
+        ).stdout
+    )
+    return Path(meta["target_directory"]) / "debug" / "quantlens"
+
+
+class Lake:
+    """One scratch installation: a data root, a landing dir and a state dir."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        self.state = root / "state"
+        self.landing = self.data / "landing" / "prices"
+        self.binary = quantlens_binary()
+
+    def env(self, **extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTLENS_")}
+        env.update(DATA_ROOT=str(self.data), STATE_DIR=str(self.state))
+        env.pop("LANDING_DIR", None)
+        env.update(extra)
+        return env
+
+    def run(self, *args, expect=0, timeout=600, **env):
+        result = subprocess.run(
+            [str(self.binary), *args], env=self.env(**env),
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if expect is not None and result.returncode != expect:
+            raise AssertionError(
+                f"quantlens {' '.join(args)} exited {result.returncode}, expected {expect}\n"
+                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+            )
+        return result
+
+    def spawn(self, *args, **env):
+        return subprocess.Popen(
+            [str(self.binary), *args], env=self.env(**env),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def demo(self, symbols, days, seed=1, start="2024-01-01"):
+        out = self.run("demo", "--symbols", str(symbols), "--days", str(days),
+                       "--seed", str(seed), "--start", start, "--json")
+        return json.loads(out.stdout)
+
+    def table_path(self, key):
+        return str(self.data / key)
+
+    def delta(self, key, version=None):
+        from deltalake import DeltaTable
+        return DeltaTable(self.table_path(key), version=version)
+
+    def frame(self, key, version=None):
+        import polars as pl
+        return pl.from_arrow(self.delta(key, version).to_pyarrow_table())
+
+    def runs(self):
+        out = self.run("runs", "--json", "--limit", "1000")
+        return json.loads(out.stdout)
+
+    def run_record(self, run_id):
+        return json.loads(self.run("runs", run_id).stdout)
+
+
+@pytest.fixture
+def lake(tmp_path):
+    installation = Lake(tmp_path)
+    assert installation.binary.exists(), (
+        f"{installation.binary} not built; run `cargo build -p quantlens` or set QUANTLENS_BIN"
+    )
+    return installation
