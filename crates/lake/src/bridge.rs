@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn duckdb_results_cross_into_lake_batches() {
         let (schema, _) = sample();
-        let conn = duckdb::Connection::open_in_memory().unwrap();
+        let conn = crate::duck::connect().unwrap();
         let mut stmt = conn
             .prepare("SELECT 'AAA' AS symbol, 2.5::DOUBLE AS close, 7::BIGINT AS volume")
             .unwrap();

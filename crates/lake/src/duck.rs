@@ -6,6 +6,14 @@ use std::path::PathBuf;
 
 use crate::{At, Lake, LakeError};
 
+/// An in-memory DuckDB that never reaches for the network: extensions are either built in
+/// (parquet) or unavailable, and an attempt to download one would only stall a run.
+pub fn connect() -> duckdb::Result<duckdb::Connection> {
+    let conn = duckdb::Connection::open_in_memory()?;
+    conn.execute_batch("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;")?;
+    Ok(conn)
+}
+
 /// A SQL list literal of file paths for `read_parquet`.
 pub fn parquet_list(paths: &[PathBuf]) -> String {
     let quoted: Vec<String> = paths

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use deltalake::{ObjectStore, Path};
 use futures::TryStreamExt;
-use object_store::PutPayload;
+use object_store::{ObjectStoreExt, PutPayload};
 use url::Url;
 
 use crate::{resolve_root, LakeError};
@@ -53,7 +53,7 @@ impl FileStore {
 
     fn path_of(&self, name: &str) -> Path {
         name.split('/')
-            .fold(self.prefix.clone(), |path, part| path.child(part))
+            .fold(self.prefix.clone(), |path, part| path.join(part))
     }
 
     /// Every file directly or indirectly under the directory, sorted by name.

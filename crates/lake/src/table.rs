@@ -4,7 +4,7 @@
 //! visible (plus the removes of an overwrite) is ours, so a crash before it leaves the table at its
 //! previous version with nothing but unreferenced files behind.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,8 +14,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType};
-use deltalake::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
+use object_store::ObjectStoreExt;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
@@ -94,7 +95,18 @@ impl Lake {
     pub async fn load(&self, key: &str, at: At) -> Result<Option<Table>, LakeError> {
         let builder = self.builder(key)?;
         let builder = match at {
-            At::Version(version) => builder.with_version(version),
+            At::Version(version) if version < 0 => {
+                let latest = Box::pin(self.load(key, At::Latest)).await?;
+                return match latest {
+                    None => Ok(None),
+                    Some(latest) => Err(LakeError::NoSuchVersion {
+                        table: key.to_string(),
+                        version,
+                        latest: latest.version(),
+                    }),
+                };
+            }
+            At::Version(version) => builder.with_version(version as u64),
             At::Timestamp(ts) => builder.with_timestamp(ts),
             At::Latest => builder,
         };
@@ -103,14 +115,16 @@ impl Lake {
                 key: key.to_string(),
                 inner,
             })),
-            Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => {
+            Err(DeltaTableError::NotATable(_))
+            | Err(DeltaTableError::InvalidTableLocation(_))
+            | Err(DeltaTableError::KernelError(delta_kernel::Error::InvalidTableLocation(_))) => {
                 Ok(None)
             }
             Err(err) => {
                 if let At::Version(version) = at {
                     // Distinguish "no such version" from a broken table, with the latest for context.
                     if let Some(latest) = Box::pin(self.load(key, At::Latest)).await? {
-                        if version > latest.version() || version < 0 {
+                        if version > latest.version() {
                             return Err(LakeError::NoSuchVersion {
                                 table: key.to_string(),
                                 version,
@@ -171,7 +185,7 @@ impl Lake {
                 .with_commit_properties(properties)
                 .await
                 .map_err(delta(key))?;
-            return Ok(created.version().unwrap_or(0));
+            return Ok(created.version().unwrap_or(0) as i64);
         };
 
         if mode == WriteMode::Overwrite {
@@ -200,7 +214,7 @@ impl Lake {
             )
             .await
             .map_err(delta(key))?;
-        Ok(finalized.version())
+        Ok(finalized.version() as i64)
     }
 }
 
@@ -210,7 +224,7 @@ impl Table {
     }
 
     pub fn version(&self) -> i64 {
-        self.inner.version().unwrap_or(0)
+        self.inner.version().unwrap_or(0) as i64
     }
 
     pub fn url(&self) -> &url::Url {
@@ -309,7 +323,7 @@ impl Table {
     /// The commit timestamp of this snapshot's version.
     pub fn version_timestamp(&self) -> Option<DateTime<Utc>> {
         let snapshot = self.inner.snapshot().ok()?;
-        let ms = snapshot.version_timestamp(self.version())?;
+        let ms = snapshot.version_timestamp(self.version() as u64)?;
         Utc.timestamp_millis_opt(ms).single()
     }
 }
@@ -325,23 +339,35 @@ async fn read_parquet(
         file: file.path.to_string(),
         source,
     };
-    let reader = ParquetObjectReader::new(store, file.path.clone()).with_file_size(file.size);
-    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+    let store_error = |source| LakeError::Store {
+        url: format!("{key}/{}", file.path),
+        source,
+    };
+    // One GET per file: files are written at a bounded size, and a whole-object read is the
+    // cheapest access pattern on object storage too.
+    let bytes = store
+        .get(&file.path)
         .await
-        .map_err(parquet_error)?;
+        .map_err(store_error)?
+        .bytes()
+        .await
+        .map_err(store_error)?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?;
     if let Some(columns) = columns {
         let schema = builder.parquet_schema();
-        let wanted: HashMap<&str, ()> = columns.iter().map(|c| (*c, ())).collect();
+        let wanted: HashSet<&str> = columns.iter().copied().collect();
         let indices = schema
             .root_schema()
             .get_fields()
             .iter()
             .enumerate()
-            .filter(|(_, field)| wanted.contains_key(field.name()))
+            .filter(|(_, field)| wanted.contains(field.name()))
             .map(|(i, _)| i);
         let mask = ProjectionMask::roots(schema, indices);
         builder = builder.with_projection(mask);
     }
-    let stream = builder.build().map_err(parquet_error)?;
-    stream.try_collect().await.map_err(parquet_error)
+    let reader = builder.build().map_err(parquet_error)?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parquet_error(e.into()))
 }

@@ -11,7 +11,7 @@ use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use quantlens_engine::{Asset, AssetContext, AssetError, Materialization, Outcome, RetryPolicy, SideWrite};
 use quantlens_lake::arrow::array::{
-    Array, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayBuilder, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use quantlens_lake::{At, FileStore, Lake, WriteMode};
@@ -96,10 +96,14 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
     let mut ledger: Vec<LedgerEntry> = recovered;
     let mut batches = Vec::new();
     for group in candidates.chunks(FILES_PER_BATCH) {
-        let contents: Vec<(String, _)> = futures::stream::iter(group)
-            .map(|file| {
-                let store = &store;
-                async move { Ok::<_, AssetError>((file.name.clone(), store.read(&file.name).await?)) }
+        let names: Vec<String> = group.iter().map(|f| f.name.clone()).collect();
+        let contents: Vec<(String, _)> = futures::stream::iter(names)
+            .map(|name| {
+                let store = store.clone();
+                async move {
+                    let bytes = store.read(&name).await?;
+                    Ok::<_, AssetError>((name, bytes))
+                }
             })
             .buffered(8)
             .try_collect()

@@ -151,7 +151,7 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
         quantlens_lake::duck::parquet_list(&files)
     );
     let duck_error = |e: duckdb::Error| AssetError::data(format!("DuckDB: {e}"));
-    let conn = duckdb::Connection::open_in_memory().map_err(duck_error)?;
+    let conn = quantlens_lake::duck::connect().map_err(duck_error)?;
     let mut statement = conn.prepare(&sql).map_err(duck_error)?;
     let schema = market_daily_schema();
     let batches = statement

@@ -68,18 +68,32 @@ pub fn parse_delivery(bytes: &[u8]) -> Result<Delivery, String> {
     }
 
     let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
+        .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
     let mut rows = Vec::new();
     let mut record = csv::StringRecord::new();
+    let mut header_seen = false;
+    // The csv reader's own line numbers drift on CRLF files, so count newlines ourselves.
+    let bytes = text.as_bytes();
+    let (mut counted_to, mut newlines) = (0usize, 0u64);
     loop {
         match reader.read_record(&mut record) {
             Ok(false) => break,
-            Ok(true) => rows.push(RawRow {
-                line: record.position().map_or(0, |p| p.line()),
-                fields: record.iter().map(str::to_string).collect(),
-            }),
+            // The header was checked above; the reader still has to step over it.
+            Ok(true) if !header_seen => header_seen = true,
+            Ok(true) => {
+                let mut start = record.position().map_or(counted_to, |p| p.byte() as usize);
+                while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
+                    start += 1;
+                }
+                newlines += bytes[counted_to..start].iter().filter(|b| **b == b'\n').count() as u64;
+                counted_to = start;
+                rows.push(RawRow {
+                    line: newlines + 1,
+                    fields: record.iter().map(str::to_string).collect(),
+                });
+            }
             // The csv reader only fails on I/O or UTF-8, both ruled out above; stop rather than loop.
             Err(err) => return Err(format!("unreadable CSV: {err}")),
         }

@@ -175,7 +175,7 @@ pub async fn show(
     let query = snapshot_query(&lake, &key, at)
         .await?
         .ok_or_else(|| anyhow!("`{key}` has not been materialised yet"))?;
-    let conn = duckdb::Connection::open_in_memory()?;
+    let conn = quantlens_lake::duck::connect()?;
     print_query(&conn, &format!("SELECT * FROM ({query}) LIMIT {limit}"))?;
     Ok(0)
 }
@@ -191,7 +191,7 @@ pub async fn sql(locations: &Locations, query: &str) -> Result<i32, Failure> {
             (key, view)
         })
         .collect();
-    let conn = duckdb::Connection::open_in_memory()?;
+    let conn = quantlens_lake::duck::connect()?;
     let views = create_views(&conn, &lake, &tables).await?;
     print_query(&conn, query).with_context(|| format!("views available: {}", views.join(", ")))?;
     Ok(0)
