@@ -92,8 +92,13 @@ impl Materialization {
 pub enum Outcome {
     Materialized(Materialization),
     /// Nothing new to commit (e.g. no new landing files); the table stays as it is.
-    Unchanged { reason: String },
+    Unchanged {
+        reason: String,
+    },
 }
+
+/// Reports progress of a long step (a line on stderr and in worker.log).
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What a compute function gets: the lake, this run, and the upstream versions it must read.
 #[derive(Clone)]
@@ -103,6 +108,7 @@ pub struct AssetContext {
     pub lake: Lake,
     /// The version of each upstream table, pinned when the asset started.
     pub upstream: BTreeMap<String, i64>,
+    pub progress: Progress,
 }
 
 impl AssetContext {
@@ -113,7 +119,10 @@ impl AssetContext {
         columns: Option<&[&str]>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), AssetError> {
         let version = *self.upstream.get(key).ok_or_else(|| {
-            AssetError::data(format!("`{}` reads `{key}`, which it does not depend on", self.key))
+            AssetError::data(format!(
+                "`{}` reads `{key}`, which it does not depend on",
+                self.key
+            ))
         })?;
         let table = self
             .lake

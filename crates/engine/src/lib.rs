@@ -12,7 +12,10 @@ mod registry;
 mod retry;
 mod runner;
 
-pub use asset::{Asset, AssetContext, AssetError, ComputeFn, ErrorKind, Materialization, Outcome, SideWrite};
+pub use asset::{
+    Asset, AssetContext, AssetError, ComputeFn, ErrorKind, Materialization, Outcome, Progress,
+    SideWrite,
+};
 pub use check::{Check, CheckFn};
 pub use freshness::{freshness, Freshness};
 pub use registry::Registry;

@@ -32,7 +32,10 @@ impl Registry {
 
     /// Assets in topological order.
     pub fn assets(&self) -> impl Iterator<Item = &Asset> {
-        self.graph.specs().iter().map(|spec| &self.assets[spec.key.as_str()])
+        self.graph
+            .specs()
+            .iter()
+            .map(|spec| &self.assets[spec.key.as_str()])
     }
 
     /// Every table the assets write: their own, then their side tables, in topological order.

@@ -5,17 +5,22 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
 use quantlens_lake::arrow::array::{Array, RecordBatch};
 use quantlens_lake::arrow::datatypes::SchemaRef;
 use quantlens_lake::{At, CommitMetadata, Lake};
-use quantlens_runs::{AssetRun, AssetStatus, CheckResult, RunFiles, RunRecord, RunStatus, RunsError};
+use quantlens_runs::{
+    AssetRun, AssetStatus, CheckResult, RunFiles, RunRecord, RunStatus, RunsError,
+};
 use serde_json::json;
 
 use crate::retry::jitter_seed;
-use crate::{freshness, Asset, AssetContext, AssetError, ErrorKind, Materialization, Outcome, Registry};
+use crate::{
+    freshness, Asset, AssetContext, AssetError, ErrorKind, Materialization, Outcome, Registry,
+};
 
 pub struct RunOptions {
     /// Selected asset keys, in topological order.
@@ -36,11 +41,15 @@ pub async fn run(
     options: &RunOptions,
 ) -> Result<RunRecord, RunsError> {
     let log = Log {
-        files,
+        files: files.clone(),
         to_file: options.log_to_file,
     };
     record.status = RunStatus::Running;
-    record.assets = options.selected.iter().map(|k| AssetRun::pending(k)).collect();
+    record.assets = options
+        .selected
+        .iter()
+        .map(|k| AssetRun::pending(k))
+        .collect();
     files.write_record(&record)?;
     files.append_event(&json!({"event": "run_started", "run_id": record.run_id.as_str(), "selection": record.selection, "assets": options.selected}))?;
     log.line(&format!(
@@ -66,7 +75,8 @@ pub async fn run(
                 a.error = Some(reason.clone());
             });
             files.write_record(&record)?;
-            files.append_event(&json!({"event": "asset_skipped", "asset": key, "reason": reason}))?;
+            files
+                .append_event(&json!({"event": "asset_skipped", "asset": key, "reason": reason}))?;
             log.line(&format!("{position} {key}: skipped ({reason})"));
             continue;
         }
@@ -80,7 +90,12 @@ pub async fn run(
         files.append_event(&json!({"event": "asset_started", "asset": key}))?;
         log.line(&format!("{position} {key}: running"));
 
-        let result = materialize_asset(asset, lake, &record, options.only_stale, &mut |attempt, err| {
+        let progress_log = log.clone();
+        let progress_prefix = format!("{position} {key}: ");
+        let progress: crate::asset::Progress = Arc::new(move |message: &str| {
+            progress_log.line(&format!("{progress_prefix}{message}"))
+        });
+        let result = materialize_asset(asset, lake, &record, options.only_stale, progress, &mut |attempt, err| {
             let _ = files.append_event(&json!({"event": "asset_retry", "asset": key, "attempt": attempt, "error": err.message}));
             log.line(&format!("{position} {key}: attempt {attempt} failed, retrying: {}", err.message));
         })
@@ -92,7 +107,10 @@ pub async fn run(
                 AssetStatus::Succeeded,
                 format!("committed version {version}, {rows} rows in {seconds:.2}s"),
             ),
-            Done::Unchanged(reason) => (AssetStatus::Succeeded, format!("nothing to commit ({reason})")),
+            Done::Unchanged(reason) => (
+                AssetStatus::Succeeded,
+                format!("nothing to commit ({reason})"),
+            ),
             Done::Fresh => (AssetStatus::Fresh, "fresh, not recomputed".to_string()),
             Done::Failed(message) => {
                 failed.insert(key.clone());
@@ -116,8 +134,15 @@ pub async fn run(
         for check in &result.checks {
             files.append_event(&json!({"event": "check", "asset": key, "check": check}))?;
             if !check.passed {
-                let level = if check.blocking { "blocking" } else { "warning" };
-                log.line(&format!("{position} {key}: check {} failed ({level}): {}", check.name, check.detail));
+                let level = if check.blocking {
+                    "blocking"
+                } else {
+                    "warning"
+                };
+                log.line(&format!(
+                    "{position} {key}: check {} failed ({level}): {}",
+                    check.name, check.detail
+                ));
             }
         }
         files.append_event(&json!({
@@ -171,6 +196,7 @@ async fn materialize_asset(
     lake: &Lake,
     record: &RunRecord,
     only_stale: bool,
+    progress: crate::asset::Progress,
     on_retry: &mut (dyn FnMut(u32, &AssetError) + Send),
 ) -> AssetResult {
     let key = asset.spec.key.to_string();
@@ -203,6 +229,7 @@ async fn materialize_asset(
         key: key.clone(),
         lake: lake.clone(),
         upstream: upstream.clone(),
+        progress,
     };
     let mut seed = jitter_seed();
     let mut attempt = 0;
@@ -212,7 +239,9 @@ async fn materialize_asset(
         match result {
             Err(err) if err.kind == ErrorKind::Transient && attempt < asset.retry.max_attempts => {
                 on_retry(attempt, &err);
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 tokio::time::sleep(asset.retry.delay_after(attempt, seed >> 11)).await;
             }
             Err(err) => return failed(err.message, attempt),
@@ -292,7 +321,13 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         };
         context
             .lake
-            .write(&side.key, side.schema, side.batches, side.mode, &side_metadata)
+            .write(
+                &side.key,
+                side.schema,
+                side.batches,
+                side.mode,
+                &side_metadata,
+            )
             .await?;
     }
     Ok(AssetResult {
@@ -303,10 +338,19 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
 }
 
 /// Output must match the declared schema column for column; a non-nullable column may hold no nulls.
-fn check_schema(key: &str, declared: &SchemaRef, batches: &[RecordBatch]) -> Result<(), AssetError> {
+fn check_schema(
+    key: &str,
+    declared: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(), AssetError> {
     for batch in batches {
         let actual = batch.schema();
-        let names = |s: &SchemaRef| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+        let names = |s: &SchemaRef| {
+            s.fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        };
         if names(&actual) != names(declared) {
             return Err(AssetError::data(format!(
                 "`{key}` produced columns [{}] but declares [{}]",
@@ -336,7 +380,10 @@ fn check_schema(key: &str, declared: &SchemaRef, batches: &[RecordBatch]) -> Res
     Ok(())
 }
 
-async fn upstream_versions(asset: &Asset, lake: &Lake) -> Result<BTreeMap<String, i64>, AssetError> {
+async fn upstream_versions(
+    asset: &Asset,
+    lake: &Lake,
+) -> Result<BTreeMap<String, i64>, AssetError> {
     let mut versions = BTreeMap::new();
     for dep in &asset.spec.deps {
         let table = lake.load(dep.as_str(), At::Latest).await?.ok_or_else(|| {
@@ -354,7 +401,11 @@ async fn upstream_versions(asset: &Asset, lake: &Lake) -> Result<BTreeMap<String
 pub async fn asset_freshness(asset: &Asset, lake: &Lake) -> Result<crate::Freshness, AssetError> {
     let upstream = upstream_versions(asset, lake).await?;
     let last = last_commit_metadata(lake, asset.spec.key.as_str()).await?;
-    Ok(freshness(&asset.spec.code_version, last.as_ref(), &upstream))
+    Ok(freshness(
+        &asset.spec.code_version,
+        last.as_ref(),
+        &upstream,
+    ))
 }
 
 async fn last_commit_metadata(
@@ -367,12 +418,14 @@ async fn last_commit_metadata(
     Ok(table.last_commit().await?.and_then(|c| c.quantlens))
 }
 
-struct Log<'a> {
-    files: &'a RunFiles,
+/// Progress lines: stderr always, worker.log unless a supervisor captures stderr there already.
+#[derive(Clone)]
+struct Log {
+    files: RunFiles,
     to_file: bool,
 }
 
-impl Log<'_> {
+impl Log {
     fn line(&self, message: &str) {
         let line = format!("{} {message}", Utc::now().format("%H:%M:%S%.3f"));
         let _ = writeln!(std::io::stderr(), "{line}");

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quantlens_engine::{
-    run, Asset, AssetContext, AssetError, Check, Materialization, Outcome, Registry, RetryPolicy, RunOptions,
+    run, Asset, AssetContext, AssetError, Check, Materialization, Outcome, Registry, RetryPolicy,
+    RunOptions,
 };
 use quantlens_graph::{AssetKey, AssetSpec};
 use quantlens_lake::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
@@ -43,7 +44,9 @@ fn asset(key: &str, deps: &[&str], compute: Compute) -> Asset {
         side_tables: Vec::new(),
         compute: Arc::new(move |ctx| {
             let compute = compute.clone();
-            Box::pin(async move { compute(ctx).map(|b| Outcome::Materialized(Materialization::overwrite(b))) })
+            Box::pin(async move {
+                compute(ctx).map(|b| Outcome::Materialized(Materialization::overwrite(b)))
+            })
         }),
     }
 }
@@ -64,12 +67,22 @@ impl Fixture {
         let lake = Lake::open(dir.path().join("data").to_str().unwrap()).unwrap();
         let state = StateDir::new(dir.path().join("state"));
         state.create().unwrap();
-        Fixture { _dir: dir, lake, state }
+        Fixture {
+            _dir: dir,
+            lake,
+            state,
+        }
     }
 
     async fn run(&self, assets: Vec<Asset>, selection: &str) -> RunRecord {
         let registry = Registry::new(assets).unwrap();
-        let selected = registry.graph().select(selection).unwrap().iter().map(|k| k.to_string()).collect();
+        let selected = registry
+            .graph()
+            .select(selection)
+            .unwrap()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
         let run_id = RunId::generate();
         let files = self.state.run_files(&run_id);
         let record = RunRecord::new(run_id, "test", selection);
@@ -79,7 +92,9 @@ impl Fixture {
             only_stale: false,
             log_to_file: true,
         };
-        let finished = run(&registry, &self.lake, &files, record, &options).await.unwrap();
+        let finished = run(&registry, &self.lake, &files, record, &options)
+            .await
+            .unwrap();
         // What is on disk is what was returned.
         assert_eq!(self.state.read_run(&finished.run_id).unwrap(), finished);
         finished
@@ -87,7 +102,13 @@ impl Fixture {
 
     async fn rows(&self, key: &str) -> Option<(i64, usize)> {
         let table = self.lake.load(key, At::Latest).await.unwrap()?;
-        let rows = table.read(None).await.unwrap().iter().map(|b| b.num_rows()).sum();
+        let rows = table
+            .read(None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
         Some((table.version(), rows))
     }
 }
@@ -115,10 +136,16 @@ async fn transient_errors_are_retried_and_data_errors_are_not() {
         Err(AssetError::data("bad input"))
     });
     let record = fx
-        .run(vec![asset("a/flaky", &[], flaky), asset("a/broken", &[], broken)], "*")
+        .run(
+            vec![asset("a/flaky", &[], flaky), asset("a/broken", &[], broken)],
+            "*",
+        )
         .await;
     let flaky_run = &record.assets[0];
-    assert_eq!((flaky_run.status, flaky_run.attempts), (AssetStatus::Succeeded, 3));
+    assert_eq!(
+        (flaky_run.status, flaky_run.attempts),
+        (AssetStatus::Succeeded, 3)
+    );
     assert_eq!(flaky_run.rows_written, Some(3));
     assert_eq!(broken_calls.load(Ordering::SeqCst), 1);
     assert_eq!(status(&record, "a/broken"), AssetStatus::Failed);
@@ -143,7 +170,11 @@ async fn failure_skips_downstream_but_not_unrelated_branches() {
     assert_eq!(status(&record, "a/root"), AssetStatus::Failed);
     assert_eq!(status(&record, "a/child"), AssetStatus::Skipped);
     assert_eq!(status(&record, "a/grandchild"), AssetStatus::Skipped);
-    let skipped = record.assets.iter().find(|a| a.key == "a/grandchild").unwrap();
+    let skipped = record
+        .assets
+        .iter()
+        .find(|a| a.key == "a/grandchild")
+        .unwrap();
     assert_eq!(skipped.error.as_deref(), Some("upstream failed: a/child"));
     assert_eq!(status(&record, "b/other"), AssetStatus::Succeeded);
     assert_eq!(fx.rows("a/child").await, None);
@@ -156,16 +187,28 @@ async fn blocking_checks_stop_the_commit_and_warnings_do_not() {
     let fx = Fixture::new();
     let values = Arc::new(AtomicU32::new(1));
     let source = values.clone();
-    let compute: Compute = Arc::new(move |_| Ok(vec![batch(&[source.load(Ordering::SeqCst) as i64; 4])]));
+    let compute: Compute =
+        Arc::new(move |_| Ok(vec![batch(&[source.load(Ordering::SeqCst) as i64; 4])]));
     let mut guarded = asset("a/guarded", &[], compute);
     guarded.checks = vec![
         Check::blocking("small", |batches| {
             let max = batches
                 .iter()
-                .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                })
                 .max()
                 .unwrap_or(0);
-            if max < 10 { Ok("ok".into()) } else { Err(format!("max is {max}")) }
+            if max < 10 {
+                Ok("ok".into())
+            } else {
+                Err(format!("max is {max}"))
+            }
         }),
         Check::warning("never_happy", |_| Err("just a warning".into())),
     ];
@@ -178,13 +221,33 @@ async fn blocking_checks_stop_the_commit_and_warnings_do_not() {
     values.store(50, Ordering::SeqCst);
     let record = fx.run(vec![guarded], "*").await;
     assert_eq!(status(&record, "a/guarded"), AssetStatus::Failed);
-    assert_eq!(record.assets[0].attempts, 1, "a failed check is not retried");
-    assert!(record.assets[0].error.as_deref().unwrap().contains("max is 50"));
+    assert_eq!(
+        record.assets[0].attempts, 1,
+        "a failed check is not retried"
+    );
+    assert!(record.assets[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("max is 50"));
     // Still the first commit, with the first values.
     assert_eq!(fx.rows("a/guarded").await, Some((0, 4)));
-    let table = fx.lake.load("a/guarded", At::Latest).await.unwrap().unwrap();
+    let table = fx
+        .lake
+        .load("a/guarded", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
     let read = table.read(None).await.unwrap();
-    assert_eq!(read[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 1);
+    assert_eq!(
+        read[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        1
+    );
 }
 
 #[tokio::test]
@@ -192,18 +255,39 @@ async fn output_that_drifts_from_the_declared_schema_fails_at_its_asset() {
     let fx = Fixture::new();
     let drifted: Compute = Arc::new(|_| {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Utf8, false)]));
-        Ok(vec![RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["1"]))]).unwrap()])
+        Ok(vec![RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec!["1"]))],
+        )
+        .unwrap()])
     });
     let with_nulls: Compute = Arc::new(|_| {
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-        Ok(vec![RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![Some(1), None]))]).unwrap()])
+        Ok(vec![RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap()])
     });
     let record = fx
-        .run(vec![asset("a/drift", &[], drifted), asset("a/nulls", &[], with_nulls)], "*")
+        .run(
+            vec![
+                asset("a/drift", &[], drifted),
+                asset("a/nulls", &[], with_nulls),
+            ],
+            "*",
+        )
         .await;
     let drift = &record.assets[0];
     assert_eq!(drift.status, AssetStatus::Failed);
-    assert!(drift.error.as_deref().unwrap().contains("`n` is Utf8 but the asset declares Int64"), "{drift:?}");
+    assert!(
+        drift
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("`n` is Utf8 but the asset declares Int64"),
+        "{drift:?}"
+    );
     assert!(record.assets[1].error.as_deref().unwrap().contains("null"));
     assert_eq!(fx.rows("a/drift").await, None);
 }
@@ -228,6 +312,12 @@ async fn commits_carry_lineage_and_selection_limits_the_run() {
     assert_eq!(newest.asset, "a/down");
     assert_eq!(newest.code_version, "1");
     assert_eq!(newest.upstream.get("a/up"), Some(&0));
-    assert_eq!(history[1].quantlens.clone().unwrap().run_id, first.run_id.to_string());
-    assert_eq!(history.iter().map(|c| c.version).collect::<Vec<_>>(), [1, 0]);
+    assert_eq!(
+        history[1].quantlens.clone().unwrap().run_id,
+        first.run_id.to_string()
+    );
+    assert_eq!(
+        history.iter().map(|c| c.version).collect::<Vec<_>>(),
+        [1, 0]
+    );
 }

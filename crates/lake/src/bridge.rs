@@ -17,7 +17,10 @@ fn bridge_error(what: &str, err: impl std::fmt::Display) -> LakeError {
 }
 
 /// Moves lake batches into one Polars DataFrame with the same columns.
-pub fn batches_to_polars(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<DataFrame, LakeError> {
+pub fn batches_to_polars(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<DataFrame, LakeError> {
     let columns = schema
         .fields()
         .iter()
@@ -40,14 +43,18 @@ pub fn batches_to_polars(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<
     DataFrame::new_infer_height(columns).map_err(|e| bridge_error("building a DataFrame", e))
 }
 
-fn arrow_to_polars_array(array: &ArrayRef) -> Result<Box<dyn polars_arrow::array::Array>, LakeError> {
+fn arrow_to_polars_array(
+    array: &ArrayRef,
+) -> Result<Box<dyn polars_arrow::array::Array>, LakeError> {
     let (ffi_array, ffi_schema) =
         arrow::ffi::to_ffi(&array.to_data()).map_err(|e| bridge_error("exporting arrow", e))?;
     // SAFETY: both are the C Data Interface structs (#[repr(C)], same fields); ownership of the
     // release callbacks moves with them, and polars-arrow's Drop impls call them.
     let (polars_array, polars_schema) = unsafe {
         (
-            std::mem::transmute::<arrow::ffi::FFI_ArrowArray, polars_arrow::ffi::ArrowArray>(ffi_array),
+            std::mem::transmute::<arrow::ffi::FFI_ArrowArray, polars_arrow::ffi::ArrowArray>(
+                ffi_array,
+            ),
             std::mem::transmute::<arrow::ffi::FFI_ArrowSchema, polars_arrow::ffi::ArrowSchema>(
                 ffi_schema,
             ),
@@ -65,9 +72,16 @@ fn arrow_to_polars_array(array: &ArrayRef) -> Result<Box<dyn polars_arrow::array
 /// Moves a Polars DataFrame back into lake batches conforming to `schema`: columns are taken by
 /// name and string representations (Polars' large or view strings) become plain `Utf8`. Any other
 /// difference is left in place for the engine's schema check to report.
-pub fn polars_to_batches(df: &mut DataFrame, schema: &SchemaRef) -> Result<Vec<RecordBatch>, LakeError> {
+pub fn polars_to_batches(
+    df: &mut DataFrame,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, LakeError> {
     df.align_chunks();
-    let names: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     let mut batches = Vec::new();
     for chunk in df.iter_chunks(CompatLevel::oldest(), false) {
         let columns = chunk
@@ -84,8 +98,14 @@ pub fn polars_to_batches(df: &mut DataFrame, schema: &SchemaRef) -> Result<Vec<R
                 let exported_schema = polars_arrow::ffi::export_field_to_c(&field);
                 // SAFETY: as in `arrow_to_polars_array`, the other way round.
                 let data = unsafe {
-                    let ffi_array = std::mem::transmute::<polars_arrow::ffi::ArrowArray, arrow::ffi::FFI_ArrowArray>(exported);
-                    let ffi_schema = std::mem::transmute::<polars_arrow::ffi::ArrowSchema, arrow::ffi::FFI_ArrowSchema>(exported_schema);
+                    let ffi_array = std::mem::transmute::<
+                        polars_arrow::ffi::ArrowArray,
+                        arrow::ffi::FFI_ArrowArray,
+                    >(exported);
+                    let ffi_schema = std::mem::transmute::<
+                        polars_arrow::ffi::ArrowSchema,
+                        arrow::ffi::FFI_ArrowSchema,
+                    >(exported_schema);
                     arrow::ffi::from_ffi(ffi_array, &ffi_schema)
                         .map_err(|e| bridge_error(&format!("column `{name}` out of Polars"), e))?
                 };
@@ -102,18 +122,34 @@ pub fn duckdb_to_lake(
     batch: duckdb::arrow::record_batch::RecordBatch,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, LakeError> {
-    let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let structs = duckdb::arrow::array::StructArray::from(batch);
-    let (ffi_array, ffi_schema) = duckdb::arrow::ffi::to_ffi(&duckdb::arrow::array::Array::to_data(&structs))
-        .map_err(|e| bridge_error("exporting from DuckDB", e))?;
+    let (ffi_array, ffi_schema) =
+        duckdb::arrow::ffi::to_ffi(&duckdb::arrow::array::Array::to_data(&structs))
+            .map_err(|e| bridge_error("exporting from DuckDB", e))?;
     // SAFETY: arrow 60 and arrow 59 C Data Interface structs are the same #[repr(C)] layout.
     let data = unsafe {
-        let ffi_array = std::mem::transmute::<duckdb::arrow::ffi::FFI_ArrowArray, arrow::ffi::FFI_ArrowArray>(ffi_array);
-        let ffi_schema = std::mem::transmute::<duckdb::arrow::ffi::FFI_ArrowSchema, arrow::ffi::FFI_ArrowSchema>(ffi_schema);
-        arrow::ffi::from_ffi(ffi_array, &ffi_schema).map_err(|e| bridge_error("importing from DuckDB", e))?
+        let ffi_array = std::mem::transmute::<
+            duckdb::arrow::ffi::FFI_ArrowArray,
+            arrow::ffi::FFI_ArrowArray,
+        >(ffi_array);
+        let ffi_schema = std::mem::transmute::<
+            duckdb::arrow::ffi::FFI_ArrowSchema,
+            arrow::ffi::FFI_ArrowSchema,
+        >(ffi_schema);
+        arrow::ffi::from_ffi(ffi_array, &ffi_schema)
+            .map_err(|e| bridge_error("importing from DuckDB", e))?
     };
     let structs = StructArray::from(data);
-    let columns = names.into_iter().zip(structs.columns().iter().cloned()).collect();
+    let columns = names
+        .into_iter()
+        .zip(structs.columns().iter().cloned())
+        .collect();
     conform(columns, schema)
 }
 
@@ -134,7 +170,11 @@ fn conform(columns: Vec<(String, ArrayRef)>, schema: &SchemaRef) -> Result<Recor
             }
             _ => array,
         };
-        fields.push(Field::new(name, array.data_type().clone(), target.is_nullable()));
+        fields.push(Field::new(
+            name,
+            array.data_type().clone(),
+            target.is_nullable(),
+        ));
         arrays.push(array);
     }
     for (name, array) in remaining {
@@ -180,7 +220,11 @@ mod tests {
         assert_eq!(back.column(1).null_count(), 2);
         let expected = arrow::compute::concat_batches(&schema, &[batch.clone(), batch]).unwrap();
         for i in 0..3 {
-            assert_eq!(back.column(i).to_data(), expected.column(i).to_data(), "column {i}");
+            assert_eq!(
+                back.column(i).to_data(),
+                expected.column(i).to_data(),
+                "column {i}"
+            );
         }
     }
 
@@ -194,7 +238,11 @@ mod tests {
         let batches: Vec<_> = stmt.query_arrow([]).unwrap().collect();
         let lake = duckdb_to_lake(batches.into_iter().next().unwrap(), &schema).unwrap();
         assert_eq!(lake.num_rows(), 1);
-        let close = lake.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        let close = lake
+            .column(1)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert_eq!(close.value(0), 2.5);
         assert_eq!(lake.schema().field(0).name(), "symbol");
     }

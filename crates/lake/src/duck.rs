@@ -10,7 +10,9 @@ use crate::{At, Lake, LakeError};
 /// (parquet) or unavailable, and an attempt to download one would only stall a run.
 pub fn connect() -> duckdb::Result<duckdb::Connection> {
     let conn = duckdb::Connection::open_in_memory()?;
-    conn.execute_batch("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;")?;
+    conn.execute_batch(
+        "SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;",
+    )?;
     Ok(conn)
 }
 
@@ -31,7 +33,10 @@ pub async fn snapshot_query(lake: &Lake, key: &str, at: At) -> Result<Option<Str
     };
     let files = table.local_paths()?;
     if !files.is_empty() {
-        return Ok(Some(format!("SELECT * FROM read_parquet({})", parquet_list(&files))));
+        return Ok(Some(format!(
+            "SELECT * FROM read_parquet({})",
+            parquet_list(&files)
+        )));
     }
     let schema = table.arrow_schema()?;
     let columns: Vec<String> = schema

@@ -42,6 +42,9 @@ pub enum LakeError {
 
     #[error("converting between Arrow implementations: {0}")]
     Bridge(String),
+
+    #[error("table `{table}`: a background writer stopped: {message}")]
+    WriterTask { table: String, message: String },
 }
 
 impl LakeError {

@@ -66,7 +66,12 @@ impl FileStore {
                 name: meta
                     .location
                     .prefix_match(&prefix)
-                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+                    .map(|parts| {
+                        parts
+                            .map(|p| p.as_ref().to_string())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    })
                     .unwrap_or_else(|| meta.location.to_string()),
                 size: meta.size,
             })

@@ -13,14 +13,14 @@ use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, TimeZone, Utc};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, StructType};
+use deltalake::kernel::{Action, Add, StructType};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
-use object_store::ObjectStoreExt;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::delta;
@@ -31,6 +31,12 @@ const METADATA_KEY: &str = "quantlens";
 
 /// Files read at once when scanning a snapshot.
 const READ_CONCURRENCY: usize = 4;
+
+/// Rows handed to a Parquet writer at a time when a write is split across writers.
+const ROWS_PER_SLICE: usize = 128 * 1024;
+
+/// Parallel Parquet writers for one write, at most (and at most one per core).
+const MAX_PARALLEL_WRITERS: usize = 4;
 
 /// Which snapshot of a table to load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,22 +155,9 @@ impl Lake {
         metadata: &CommitMetadata,
     ) -> Result<i64, LakeError> {
         let existing = self.load(key, At::Latest).await?;
-        let mut writer = RecordBatchWriter::try_new(
-            self.table_url(key).as_str(),
-            schema.clone(),
-            None,
-            Some(self.storage_options().clone()),
-        )
-        .map_err(delta(key))?;
-        for batch in batches {
-            if batch.num_rows() > 0 {
-                writer.write(batch).await.map_err(delta(key))?;
-            }
-        }
-        let mut actions: Vec<Action> = writer
-            .flush()
-            .await
-            .map_err(delta(key))?
+        let mut actions: Vec<Action> = self
+            .write_files(key, schema.clone(), batches)
+            .await?
             .into_iter()
             .map(Action::Add)
             .collect();
@@ -175,7 +168,9 @@ impl Lake {
 
         let Some(table) = existing else {
             let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-                delta(key)(DeltaTableError::Generic(format!("schema not supported by Delta: {e}")))
+                delta(key)(DeltaTableError::Generic(format!(
+                    "schema not supported by Delta: {e}"
+                )))
             })?;
             let created = deltalake::operations::create::CreateBuilder::new()
                 .with_location(self.table_url(key).as_str())
@@ -215,6 +210,69 @@ impl Lake {
             .await
             .map_err(delta(key))?;
         Ok(finalized.version() as i64)
+    }
+}
+
+impl Lake {
+    /// Writes the batches as Parquet files (not yet part of any version) and returns their Add
+    /// actions. Encoding is the expensive part of a write, so the rows are cut into contiguous
+    /// runs encoded in parallel, one writer per core; contiguous so that a table written in
+    /// sorted order keeps tight per-file statistics and reads back in order.
+    async fn write_files(
+        &self,
+        key: &str,
+        schema: SchemaRef,
+        batches: impl IntoIterator<Item = RecordBatch>,
+    ) -> Result<Vec<Add>, LakeError> {
+        let slices: Vec<RecordBatch> = batches
+            .into_iter()
+            .flat_map(|batch| {
+                let rows = batch.num_rows();
+                (0..rows)
+                    .step_by(ROWS_PER_SLICE)
+                    .map(move |offset| batch.slice(offset, ROWS_PER_SLICE.min(rows - offset)))
+            })
+            .collect();
+        let total_rows: usize = slices.iter().map(|b| b.num_rows()).sum();
+        let writers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_PARALLEL_WRITERS)
+            .min(total_rows.div_ceil(ROWS_PER_SLICE))
+            .max(1);
+        let mut runs: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+        let mut rows_in_run = 0;
+        for slice in slices {
+            if rows_in_run >= total_rows.div_ceil(writers) {
+                runs.push(Vec::new());
+                rows_in_run = 0;
+            }
+            rows_in_run += slice.num_rows();
+            runs.last_mut().expect("never empty").push(slice);
+        }
+        let tasks: Vec<_> = runs
+            .into_iter()
+            .map(|run| {
+                let url = self.table_url(key).to_string();
+                let options = self.storage_options().clone();
+                let schema = schema.clone();
+                tokio::spawn(async move {
+                    let mut writer = RecordBatchWriter::try_new(url, schema, None, Some(options))?;
+                    for batch in run {
+                        writer.write(batch).await?;
+                    }
+                    writer.flush().await
+                })
+            })
+            .collect();
+        let mut adds = Vec::new();
+        for task in tasks {
+            let written = task.await.map_err(|e| LakeError::WriterTask {
+                table: key.to_string(),
+                message: e.to_string(),
+            })?;
+            adds.extend(written.map_err(delta(key))?);
+        }
+        Ok(adds)
     }
 }
 
@@ -302,7 +360,10 @@ impl Table {
             .into_iter()
             .enumerate()
             .map(|(i, info)| Commit {
-                version: info.read_version.map(|v| v as i64 + 1).unwrap_or(latest - i as i64),
+                version: info
+                    .read_version
+                    .map(|v| v as i64 + 1)
+                    .unwrap_or(latest - i as i64),
                 timestamp: info
                     .timestamp
                     .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),

@@ -43,7 +43,15 @@ async fn sum(lake: &Lake, at: At) -> i64 {
         .await
         .unwrap()
         .iter()
-        .map(|b| b.column(1).as_any().downcast_ref::<Int64Array>().unwrap().iter().flatten().sum::<i64>())
+        .map(|b| {
+            b.column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .iter()
+                .flatten()
+                .sum::<i64>()
+        })
         .sum()
 }
 
@@ -51,18 +59,40 @@ async fn sum(lake: &Lake, at: At) -> i64 {
 async fn writes_overwrites_time_travel_and_history() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-    assert!(lake.load("test/numbers", At::Latest).await.unwrap().is_none());
+    assert!(lake
+        .load("test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .is_none());
 
     let v0 = lake
-        .write("test/numbers", schema(), [batch(&[("A", 1), ("B", 2)])], WriteMode::Append, &metadata("r0"))
+        .write(
+            "test/numbers",
+            schema(),
+            [batch(&[("A", 1), ("B", 2)])],
+            WriteMode::Append,
+            &metadata("r0"),
+        )
         .await
         .unwrap();
     let v1 = lake
-        .write("test/numbers", schema(), [batch(&[("C", 4)])], WriteMode::Append, &metadata("r1"))
+        .write(
+            "test/numbers",
+            schema(),
+            [batch(&[("C", 4)])],
+            WriteMode::Append,
+            &metadata("r1"),
+        )
         .await
         .unwrap();
     let v2 = lake
-        .write("test/numbers", schema(), [batch(&[("D", 100)])], WriteMode::Overwrite, &metadata("r2"))
+        .write(
+            "test/numbers",
+            schema(),
+            [batch(&[("D", 100)])],
+            WriteMode::Overwrite,
+            &metadata("r2"),
+        )
         .await
         .unwrap();
     assert_eq!((v0, v1, v2), (0, 1, 2));
@@ -70,24 +100,43 @@ async fn writes_overwrites_time_travel_and_history() {
     assert_eq!(sum(&lake, At::Latest).await, 100);
     assert_eq!(sum(&lake, At::Version(1)).await, 7);
     assert_eq!(sum(&lake, At::Version(0)).await, 3);
-    let latest = lake.load("test/numbers", At::Latest).await.unwrap().unwrap();
+    let latest = lake
+        .load("test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(latest.row_count().unwrap(), 1);
     assert_eq!(latest.files().unwrap().len(), 1);
 
     let history = latest.history(None).await.unwrap();
-    assert_eq!(history.iter().map(|c| c.version).collect::<Vec<_>>(), [2, 1, 0]);
+    assert_eq!(
+        history.iter().map(|c| c.version).collect::<Vec<_>>(),
+        [2, 1, 0]
+    );
     let newest = history[0].quantlens.clone().unwrap();
     assert_eq!(newest, metadata("r2"));
     assert_eq!(history[0].operation, "WRITE");
 
     // Time travel by timestamp: the commit time of version 1 gives version 1.
-    let at_v1 = lake.load("test/numbers", At::Version(1)).await.unwrap().unwrap();
+    let at_v1 = lake
+        .load("test/numbers", At::Version(1))
+        .await
+        .unwrap()
+        .unwrap();
     let when = at_v1.version_timestamp().unwrap();
-    let by_time = lake.load("test/numbers", At::Timestamp(when)).await.unwrap().unwrap();
+    let by_time = lake
+        .load("test/numbers", At::Timestamp(when))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(by_time.version(), 1);
 
     match lake.load("test/numbers", At::Version(9)).await {
-        Err(LakeError::NoSuchVersion { version: 9, latest: 2, .. }) => {}
+        Err(LakeError::NoSuchVersion {
+            version: 9,
+            latest: 2,
+            ..
+        }) => {}
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("version 9 does not exist"),
     }
@@ -101,15 +150,25 @@ async fn writes_overwrites_time_travel_and_history() {
     let views = duck::create_views(
         &conn,
         &lake,
-        &[("test/numbers".to_string(), "numbers".to_string()), ("test/absent".to_string(), "absent".to_string())],
+        &[
+            ("test/numbers".to_string(), "numbers".to_string()),
+            ("test/absent".to_string(), "absent".to_string()),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(views, ["numbers"]);
-    let total: i64 = conn.query_row("SELECT sum(n) FROM numbers", [], |r| r.get(0)).unwrap();
+    let total: i64 = conn
+        .query_row("SELECT sum(n) FROM numbers", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(total, 100);
-    let old = duck::snapshot_query(&lake, "test/numbers", At::Version(1)).await.unwrap().unwrap();
-    let total: i64 = conn.query_row(&format!("SELECT sum(n) FROM ({old})"), [], |r| r.get(0)).unwrap();
+    let old = duck::snapshot_query(&lake, "test/numbers", At::Version(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let total: i64 = conn
+        .query_row(&format!("SELECT sum(n) FROM ({old})"), [], |r| r.get(0))
+        .unwrap();
     assert_eq!(total, 7);
 }
 
@@ -118,7 +177,13 @@ async fn empty_writes_make_readable_empty_tables() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
     let version = lake
-        .write("test/empty", schema(), Vec::new(), WriteMode::Overwrite, &metadata("r0"))
+        .write(
+            "test/empty",
+            schema(),
+            Vec::new(),
+            WriteMode::Overwrite,
+            &metadata("r0"),
+        )
         .await
         .unwrap();
     assert_eq!(version, 0);
@@ -126,10 +191,16 @@ async fn empty_writes_make_readable_empty_tables() {
     assert_eq!(table.row_count().unwrap(), 0);
     assert_eq!(table.arrow_schema().unwrap().field(0).name(), "symbol");
     let conn = duck::connect().unwrap();
-    duck::create_views(&conn, &lake, &[("test/empty".to_string(), "empty".to_string())])
-        .await
+    duck::create_views(
+        &conn,
+        &lake,
+        &[("test/empty".to_string(), "empty".to_string())],
+    )
+    .await
+    .unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM empty", [], |r| r.get(0))
         .unwrap();
-    let rows: i64 = conn.query_row("SELECT count(*) FROM empty", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 0);
 }
 
@@ -140,10 +211,20 @@ async fn landing_files_round_trip_through_the_file_store() {
     store.write("b.csv", b"2".to_vec()).await.unwrap();
     store.write("a.csv", b"1".to_vec()).await.unwrap();
     store.write("nested/c.csv", b"33".to_vec()).await.unwrap();
-    let names: Vec<(String, u64)> = store.list().await.unwrap().into_iter().map(|f| (f.name, f.size)).collect();
+    let names: Vec<(String, u64)> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.name, f.size))
+        .collect();
     assert_eq!(
         names,
-        [("a.csv".to_string(), 1), ("b.csv".to_string(), 1), ("nested/c.csv".to_string(), 2)]
+        [
+            ("a.csv".to_string(), 1),
+            ("b.csv".to_string(), 1),
+            ("nested/c.csv".to_string(), 2)
+        ]
     );
     assert_eq!(&store.read("nested/c.csv").await.unwrap()[..], b"33");
 }

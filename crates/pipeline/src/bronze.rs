@@ -9,9 +9,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use quantlens_engine::{Asset, AssetContext, AssetError, Materialization, Outcome, RetryPolicy, SideWrite};
+use quantlens_engine::{
+    Asset, AssetContext, AssetError, Materialization, Outcome, RetryPolicy, SideWrite,
+};
 use quantlens_lake::arrow::array::{
-    Array, ArrayBuilder, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayBuilder, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use quantlens_lake::{At, FileStore, Lake, WriteMode};
@@ -59,7 +62,13 @@ pub fn ledger_schema() -> SchemaRef {
 
 pub fn asset(landing: String) -> Asset {
     Asset {
-        spec: spec(PRICES, &[], "bronze", "1", "Every landing row as raw strings, appended once per delivery."),
+        spec: spec(
+            PRICES,
+            &[],
+            "bronze",
+            "1",
+            "Every landing row as raw strings, appended once per delivery.",
+        ),
         schema: prices_schema(),
         checks: Vec::new(),
         retry: RetryPolicy::default(),
@@ -76,8 +85,12 @@ struct LedgerEntry {
 }
 
 enum Fate {
-    Ingested { rows: u64 },
-    Rejected { reason: String },
+    Ingested {
+        rows: u64,
+    },
+    Rejected {
+        reason: String,
+    },
     /// Found in a bronze commit that an interrupted run did not record in the ledger.
     Recovered,
 }
@@ -95,7 +108,13 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
         .collect();
     let mut ledger: Vec<LedgerEntry> = recovered;
     let mut batches = Vec::new();
-    for group in candidates.chunks(FILES_PER_BATCH) {
+    let (total, mut reported) = (candidates.len(), 0);
+    for (index, group) in candidates.chunks(FILES_PER_BATCH).enumerate() {
+        let done = ((index + 1) * FILES_PER_BATCH).min(total);
+        if total > 4 * FILES_PER_BATCH && (done == total || done - reported >= total / 10) {
+            (ctx.progress)(&format!("reading landing files: {done}/{total}"));
+            reported = done;
+        }
         let names: Vec<String> = group.iter().map(|f| f.name.clone()).collect();
         let contents: Vec<(String, _)> = futures::stream::iter(names)
             .map(|name| {
@@ -161,10 +180,19 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
             ..Default::default()
         };
         ctx.lake
-            .write(LEDGER, ledger_schema(), [ledger_batch], WriteMode::Append, &metadata)
+            .write(
+                LEDGER,
+                ledger_schema(),
+                [ledger_batch],
+                WriteMode::Append,
+                &metadata,
+            )
             .await?;
         return Ok(Outcome::Unchanged {
-            reason: format!("no new landing files; ledger repaired with {} file(s)", ledger.len()),
+            reason: format!(
+                "no new landing files; ledger repaired with {} file(s)",
+                ledger.len()
+            ),
         });
     }
 
@@ -223,14 +251,21 @@ async fn known_deliveries(
     Ok((known, recovered))
 }
 
-pub(crate) fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, AssetError> {
+pub(crate) fn string_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a StringArray, AssetError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         .ok_or_else(|| AssetError::data(format!("column `{name}` is missing or not a string")))
 }
 
-fn ledger_batch(entries: &[LedgerEntry], run_id: &str, ingested_at: i64) -> Result<RecordBatch, AssetError> {
+fn ledger_batch(
+    entries: &[LedgerEntry],
+    run_id: &str,
+    ingested_at: i64,
+) -> Result<RecordBatch, AssetError> {
     let mut file = StringBuilder::new();
     let mut bytes = Int64Builder::new();
     let mut sha = StringBuilder::new();

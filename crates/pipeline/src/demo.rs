@@ -112,7 +112,10 @@ pub fn generate(options: &DemoOptions) -> (Vec<(String, Vec<u8>)>, DemoSummary) 
     let tickers: Vec<String> = (0..options.symbols).map(ticker).collect();
     let mut summary = DemoSummary::default();
     let mut files = Vec::new();
-    for (day_index, day) in trading_days(options.start, options.days).into_iter().enumerate() {
+    for (day_index, day) in trading_days(options.start, options.days)
+        .into_iter()
+        .enumerate()
+    {
         let date = day.format("%Y-%m-%d").to_string();
         let mut text = String::with_capacity(options.symbols * 64 + 64);
         text.push_str(&HEADER.join(","));
@@ -124,17 +127,31 @@ pub fn generate(options: &DemoOptions) -> (Vec<(String, Vec<u8>)>, DemoSummary) 
             let low = open.min(new_close) * (1.0 - rng.unit() * 0.01);
             let volume = 1_000 + rng.below(1_000_000);
             *close = new_close;
-            let good = format!("{symbol},{date},{open:.4},{high:.4},{low:.4},{new_close:.4},{volume}\n");
+            let good =
+                format!("{symbol},{date},{open:.4},{high:.4},{low:.4},{new_close:.4},{volume}\n");
             if rng.unit() < JUNK_RATE * 7.0 {
                 summary.junk_rows += 1;
                 let junk = match rng.below(7) {
                     0 => format!("{symbol},{date},{open:.4},{high:.4},{low:.4},,{volume}\n"),
-                    1 => format!("{symbol},{date},{open:.4},{low:.4},{high:.4},{new_close:.4},{volume}\n"),
+                    1 => format!(
+                        "{symbol},{date},{open:.4},{low:.4},{high:.4},{new_close:.4},{volume}\n"
+                    ),
                     2 => "### feed interrupted, partial line\n".to_string(),
-                    3 => format!("{symbol},{date},{open:.4},{high:.4},{low:.4},-{new_close:.4},{volume}\n"),
-                    4 => format!("{},{date},{open:.4},{high:.4},{low:.4},{new_close:.4},{volume}\n", symbol.to_lowercase()),
-                    5 => format!("{symbol},{date},{open:.4},{high:.4},{low:.4},{new_close:.4},n/a\n"),
-                    _ => format!("{symbol},{}/{},{open:.4},{high:.4},{low:.4},{new_close:.4},{volume}\n", day.day(), day.month()),
+                    3 => format!(
+                        "{symbol},{date},{open:.4},{high:.4},{low:.4},-{new_close:.4},{volume}\n"
+                    ),
+                    4 => format!(
+                        "{},{date},{open:.4},{high:.4},{low:.4},{new_close:.4},{volume}\n",
+                        symbol.to_lowercase()
+                    ),
+                    5 => {
+                        format!("{symbol},{date},{open:.4},{high:.4},{low:.4},{new_close:.4},n/a\n")
+                    }
+                    _ => format!(
+                        "{symbol},{}/{},{open:.4},{high:.4},{low:.4},{new_close:.4},{volume}\n",
+                        day.day(),
+                        day.month()
+                    ),
                 };
                 text.push_str(&junk);
                 // A junk line replaces the day's row for that symbol, as a broken feed would.
@@ -162,7 +179,10 @@ pub fn generate(options: &DemoOptions) -> (Vec<(String, Vec<u8>)>, DemoSummary) 
 }
 
 /// Writes the demo files into the landing directory.
-pub async fn write_demo(landing: &FileStore, options: &DemoOptions) -> Result<DemoSummary, LakeError> {
+pub async fn write_demo(
+    landing: &FileStore,
+    options: &DemoOptions,
+) -> Result<DemoSummary, LakeError> {
     let (files, summary) = generate(options);
     for (name, contents) in files {
         landing.write(&name, contents).await?;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use polars::prelude::{col, lit, IntoLazy, RollingOptionsFixedWindow, SortMultipleOptions};
-use quantlens_engine::{Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy};
+use quantlens_engine::{
+    Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy,
+};
 use quantlens_lake::arrow::array::{Array, Float64Array, RecordBatch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{batches_to_polars, duckdb_to_lake, polars_to_batches, At};
@@ -136,7 +138,9 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
         .ok_or_else(|| AssetError::data(format!("`{RETURNS}` does not exist")))?;
     let files = table.local_paths()?;
     if files.is_empty() {
-        return Ok(Outcome::Materialized(Materialization::overwrite(Vec::new())));
+        return Ok(Outcome::Materialized(
+            Materialization::overwrite(Vec::new()),
+        ));
     }
     let sql = format!(
         "SELECT date,
@@ -205,7 +209,9 @@ fn no_extreme_moves(batches: &[RecordBatch]) -> Result<String, String> {
         })
         .sum();
     if extreme > 0 {
-        Err(format!("{extreme} row(s) with |log_return| > {EXTREME_LOG_RETURN}"))
+        Err(format!(
+            "{extreme} row(s) with |log_return| > {EXTREME_LOG_RETURN}"
+        ))
     } else {
         Ok(format!("no |log_return| above {EXTREME_LOG_RETURN}"))
     }

@@ -87,7 +87,10 @@ pub fn parse_delivery(bytes: &[u8]) -> Result<Delivery, String> {
                 while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
                     start += 1;
                 }
-                newlines += bytes[counted_to..start].iter().filter(|b| **b == b'\n').count() as u64;
+                newlines += bytes[counted_to..start]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count() as u64;
                 counted_to = start;
                 rows.push(RawRow {
                     line: newlines + 1,
@@ -134,7 +137,9 @@ mod tests {
             .unwrap_err()
             .starts_with("not a CSV text file"));
         // A header with spaces, quotes or capitals is still the contract's header.
-        assert!(parse_delivery(b"\xef\xbb\xbfSymbol, date,\"open\",high,low,close,volume\n").is_ok());
+        assert!(
+            parse_delivery(b"\xef\xbb\xbfSymbol, date,\"open\",high,low,close,volume\n").is_ok()
+        );
     }
 
     #[test]

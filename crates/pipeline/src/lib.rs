@@ -37,7 +37,13 @@ pub fn registry(config: &PipelineConfig) -> Registry {
     Registry::new(assets(config)).expect("the built-in asset graph is valid (checked by tests)")
 }
 
-pub(crate) fn spec(key: &str, deps: &[&str], group: &str, code_version: &str, description: &str) -> AssetSpec {
+pub(crate) fn spec(
+    key: &str,
+    deps: &[&str],
+    group: &str,
+    code_version: &str,
+    description: &str,
+) -> AssetSpec {
     let key_of = |k: &str| AssetKey::new(k).expect("built-in asset keys are valid");
     AssetSpec {
         key: key_of(key),
@@ -54,9 +60,25 @@ mod tests {
 
     #[test]
     fn the_built_in_graph_is_valid_and_ordered() {
-        let registry = Registry::new(assets(&PipelineConfig { landing: "/tmp/x".into() })).unwrap();
-        let keys: Vec<String> = registry.graph().keys().iter().map(|k| k.to_string()).collect();
-        assert_eq!(keys, ["bronze/prices", "silver/prices", "gold/returns", "gold/market_daily"]);
+        let registry = Registry::new(assets(&PipelineConfig {
+            landing: "/tmp/x".into(),
+        }))
+        .unwrap();
+        let keys: Vec<String> = registry
+            .graph()
+            .keys()
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "bronze/prices",
+                "silver/prices",
+                "gold/returns",
+                "gold/market_daily"
+            ]
+        );
         assert_eq!(
             registry.tables(),
             [

@@ -8,10 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Datelike, NaiveDate};
-use quantlens_engine::{Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy, SideWrite};
+use quantlens_engine::{
+    Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy, SideWrite,
+};
 use quantlens_lake::arrow::array::{
-    Array, Date32Array, Float64Array, Int32Array, Int64Array, Int64Builder, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, Date32Array, Float64Array, Int32Array, Int64Array, Int64Builder, RecordBatch,
+    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::WriteMode;
@@ -102,10 +104,16 @@ pub struct ValidRow<'a> {
 }
 
 /// Applies the silver rules in order to one row's raw fields and returns the first one broken.
-pub fn validate<'a>(fields: &[Option<&'a str>; 7], field_count: i32) -> Result<ValidRow<'a>, Broken> {
+pub fn validate<'a>(
+    fields: &[Option<&'a str>; 7],
+    field_count: i32,
+) -> Result<ValidRow<'a>, Broken> {
     let broken = |rule, detail: String| Err(Broken { rule, detail });
     if field_count != 7 {
-        return broken("field_count", format!("expected 7 fields, found {field_count}"));
+        return broken(
+            "field_count",
+            format!("expected 7 fields, found {field_count}"),
+        );
     }
     let mut values = [""; 7];
     for (index, field) in fields.iter().enumerate() {
@@ -138,14 +146,23 @@ pub fn validate<'a>(fields: &[Option<&'a str>; 7], field_count: i32) -> Result<V
         };
     }
     let Ok(volume) = values[6].parse::<i64>() else {
-        return broken("bad_volume", format!("`volume` is not an integer: `{}`", values[6]));
+        return broken(
+            "bad_volume",
+            format!("`volume` is not an integer: `{}`", values[6]),
+        );
     };
     for (price, index) in prices.iter().zip(2..6) {
         if !price.is_finite() {
-            return broken("price_not_finite", format!("`{}` is {price}", HEADER[index]));
+            return broken(
+                "price_not_finite",
+                format!("`{}` is {price}", HEADER[index]),
+            );
         }
         if *price <= 0.0 {
-            return broken("price_not_positive", format!("`{}` is {price}", HEADER[index]));
+            return broken(
+                "price_not_positive",
+                format!("`{}` is {price}", HEADER[index]),
+            );
         }
     }
     if volume < 0 {
@@ -153,10 +170,16 @@ pub fn validate<'a>(fields: &[Option<&'a str>; 7], field_count: i32) -> Result<V
     }
     let [open, high, low, close] = prices;
     if low > open.min(close) {
-        return broken("low_above_open_close", format!("low {low} > min(open {open}, close {close})"));
+        return broken(
+            "low_above_open_close",
+            format!("low {low} > min(open {open}, close {close})"),
+        );
     }
     if high < open.max(close) {
-        return broken("high_below_open_close", format!("high {high} < max(open {open}, close {close})"));
+        return broken(
+            "high_below_open_close",
+            format!("high {high} < max(open {open}, close {close})"),
+        );
     }
     Ok(ValidRow {
         symbol,
@@ -238,7 +261,14 @@ impl RejectsBuilder {
         }
     }
 
-    fn push(&mut self, fields: &[Option<&str>; 7], file: &str, line: i64, ingested_at: i64, broken: Broken) {
+    fn push(
+        &mut self,
+        fields: &[Option<&str>; 7],
+        file: &str,
+        line: i64,
+        ingested_at: i64,
+        broken: Broken,
+    ) {
         for (builder, field) in self.fields.iter_mut().zip(fields) {
             builder.append_option(*field);
         }
@@ -333,19 +363,27 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
         .map(|(_, c)| c)
         .collect();
 
-    let column = |f: fn(&Candidate) -> f64| Arc::new(Float64Array::from_iter_values(winners.iter().map(|c| f(c))));
+    let column = |f: fn(&Candidate) -> f64| {
+        Arc::new(Float64Array::from_iter_values(winners.iter().map(|c| f(c))))
+    };
     let batch = RecordBatch::try_new(
         prices_schema(),
         vec![
             Arc::new(StringArray::from_iter_values(
-                winners.iter().map(|c| symbols.names[c.symbol as usize].as_str()),
+                winners
+                    .iter()
+                    .map(|c| symbols.names[c.symbol as usize].as_str()),
             )),
-            Arc::new(Date32Array::from_iter_values(winners.iter().map(|c| c.date))),
+            Arc::new(Date32Array::from_iter_values(
+                winners.iter().map(|c| c.date),
+            )),
             column(|c| c.open),
             column(|c| c.high),
             column(|c| c.low),
             column(|c| c.close),
-            Arc::new(Int64Array::from_iter_values(winners.iter().map(|c| c.volume))),
+            Arc::new(Int64Array::from_iter_values(
+                winners.iter().map(|c| c.volume),
+            )),
         ],
     )
     .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))?;
@@ -360,11 +398,18 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
     Ok(Outcome::Materialized(silver))
 }
 
-pub(crate) fn typed_column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, AssetError> {
+pub(crate) fn typed_column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a T, AssetError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| AssetError::data(format!("column `{name}` is missing or has an unexpected type")))
+        .ok_or_else(|| {
+            AssetError::data(format!(
+                "column `{name}` is missing or has an unexpected type"
+            ))
+        })
 }
 
 /// Blocking: at most one row per (symbol, date). Silver is written sorted, which makes this a
@@ -398,7 +443,11 @@ fn unique_symbol_date(batches: &[RecordBatch]) -> Result<String, String> {
             let dates = typed_column::<Date32Array>(batch, "date").map_err(|e| e.message)?;
             for i in 0..batch.num_rows() {
                 if !seen.insert((symbols.value(i).to_string(), dates.value(i))) {
-                    return Err(format!("duplicate row for ({}, day {})", symbols.value(i), dates.value(i)));
+                    return Err(format!(
+                        "duplicate row for ({}, day {})",
+                        symbols.value(i),
+                        dates.value(i)
+                    ));
                 }
             }
         }
@@ -411,7 +460,10 @@ fn no_null_prices(batches: &[RecordBatch]) -> Result<String, String> {
     for name in ["open", "high", "low", "close"] {
         let nulls: usize = batches
             .iter()
-            .map(|b| b.column_by_name(name).map_or(b.num_rows(), |c| c.null_count()))
+            .map(|b| {
+                b.column_by_name(name)
+                    .map_or(b.num_rows(), |c| c.null_count())
+            })
             .sum();
         if nulls > 0 {
             return Err(format!("`{name}` has {nulls} null(s)"));
@@ -431,24 +483,83 @@ mod tests {
 
     #[test]
     fn each_rule_is_reported_first_when_broken() {
-        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "10.5", "100"]), Ok(()));
-        assert_eq!(check(["BRK.B", "2024-01-02", "10", "11", "9", "10.5", "0"]), Ok(()));
-        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "", "100"]), Err("empty_field"));
-        assert_eq!(check(["aaa", "2024-01-02", "10", "11", "9", "10", "100"]), Err("bad_symbol"));
-        assert_eq!(check(["-AA", "2024-01-02", "10", "11", "9", "10", "100"]), Err("bad_symbol"));
-        assert_eq!(check(["ABCDEFGHIJKLMNOPQ", "2024-01-02", "10", "11", "9", "10", "1"]), Err("bad_symbol"));
-        assert_eq!(check(["AAA", "02/01/2024", "10", "11", "9", "10", "100"]), Err("bad_date"));
-        assert_eq!(check(["AAA", "2024-02-30", "10", "11", "9", "10", "100"]), Err("bad_date"));
-        assert_eq!(check(["AAA", "2024-01-02", "ten", "11", "9", "10", "100"]), Err("bad_number"));
-        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "10", "1.5"]), Err("bad_volume"));
-        assert_eq!(check(["AAA", "2024-01-02", "10", "inf", "9", "10", "100"]), Err("price_not_finite"));
-        assert_eq!(check(["AAA", "2024-01-02", "10", "NaN", "9", "10", "100"]), Err("price_not_finite"));
-        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "0", "10", "100"]), Err("price_not_positive"));
-        assert_eq!(check(["AAA", "2024-01-02", "10", "11", "9", "10", "-1"]), Err("negative_volume"));
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "11", "9", "10.5", "100"]),
+            Ok(())
+        );
+        assert_eq!(
+            check(["BRK.B", "2024-01-02", "10", "11", "9", "10.5", "0"]),
+            Ok(())
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "11", "9", "", "100"]),
+            Err("empty_field")
+        );
+        assert_eq!(
+            check(["aaa", "2024-01-02", "10", "11", "9", "10", "100"]),
+            Err("bad_symbol")
+        );
+        assert_eq!(
+            check(["-AA", "2024-01-02", "10", "11", "9", "10", "100"]),
+            Err("bad_symbol")
+        );
+        assert_eq!(
+            check([
+                "ABCDEFGHIJKLMNOPQ",
+                "2024-01-02",
+                "10",
+                "11",
+                "9",
+                "10",
+                "1"
+            ]),
+            Err("bad_symbol")
+        );
+        assert_eq!(
+            check(["AAA", "02/01/2024", "10", "11", "9", "10", "100"]),
+            Err("bad_date")
+        );
+        assert_eq!(
+            check(["AAA", "2024-02-30", "10", "11", "9", "10", "100"]),
+            Err("bad_date")
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "ten", "11", "9", "10", "100"]),
+            Err("bad_number")
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "11", "9", "10", "1.5"]),
+            Err("bad_volume")
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "inf", "9", "10", "100"]),
+            Err("price_not_finite")
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "NaN", "9", "10", "100"]),
+            Err("price_not_finite")
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "11", "0", "10", "100"]),
+            Err("price_not_positive")
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "11", "9", "10", "-1"]),
+            Err("negative_volume")
+        );
         // Swapped high and low.
-        assert_eq!(check(["AAA", "2024-01-02", "10", "9", "11", "10", "100"]), Err("low_above_open_close"));
-        assert_eq!(check(["AAA", "2024-01-02", "10", "10.2", "9", "10.5", "100"]), Err("high_below_open_close"));
-        assert_eq!(validate(&[Some("AAA"); 7], 6).unwrap_err().rule, "field_count");
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "9", "11", "10", "100"]),
+            Err("low_above_open_close")
+        );
+        assert_eq!(
+            check(["AAA", "2024-01-02", "10", "10.2", "9", "10.5", "100"]),
+            Err("high_below_open_close")
+        );
+        assert_eq!(
+            validate(&[Some("AAA"); 7], 6).unwrap_err().rule,
+            "field_count"
+        );
         assert_eq!(validate(&[None; 7], 7).unwrap_err().rule, "empty_field");
     }
 

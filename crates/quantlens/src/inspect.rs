@@ -51,13 +51,30 @@ pub async fn assets(locations: &Locations, as_json: bool) -> Result<i32, Failure
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            ["table", "layer", "last_materialized", "version", "rows", "state"]
-                .iter()
-                .map(|field| text(&e[*field]))
-                .collect()
+            [
+                "table",
+                "layer",
+                "last_materialized",
+                "version",
+                "rows",
+                "state",
+            ]
+            .iter()
+            .map(|field| text(&e[*field]))
+            .collect()
         })
         .collect();
-    print_table(&["table", "layer", "last materialized", "version", "rows", "state"], &rows);
+    print_table(
+        &[
+            "table",
+            "layer",
+            "last materialized",
+            "version",
+            "rows",
+            "state",
+        ],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -77,14 +94,26 @@ pub fn lineage(locations: &Locations, format: LineageFormat) -> Result<i32, Fail
                     })
                 })
                 .collect();
-            let edges: Vec<_> = graph.edges().into_iter().map(|(from, to)| json!([from, to])).collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"assets": assets, "edges": edges}))?);
+            let edges: Vec<_> = graph
+                .edges()
+                .into_iter()
+                .map(|(from, to)| json!([from, to]))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"assets": assets, "edges": edges}))?
+            );
         }
     }
     Ok(0)
 }
 
-pub fn runs(locations: &Locations, run_id: Option<String>, limit: usize, as_json: bool) -> Result<i32, Failure> {
+pub fn runs(
+    locations: &Locations,
+    run_id: Option<String>,
+    limit: usize,
+    as_json: bool,
+) -> Result<i32, Failure> {
     let state = StateDir::new(&locations.state_dir);
     if let Some(id) = run_id {
         let record = state.read_run(&RunId::parse(&id)?)?;
@@ -99,7 +128,11 @@ pub fn runs(locations: &Locations, run_id: Option<String>, limit: usize, as_json
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
-            let failed = r.assets.iter().filter(|a| a.status == quantlens_runs::AssetStatus::Failed).count();
+            let failed = r
+                .assets
+                .iter()
+                .filter(|a| a.status == quantlens_runs::AssetStatus::Failed)
+                .count();
             vec![
                 r.run_id.to_string(),
                 r.status.to_string(),
@@ -107,13 +140,29 @@ pub fn runs(locations: &Locations, run_id: Option<String>, limit: usize, as_json
                 r.selection.clone(),
                 r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 r.finished_at
-                    .map(|f| format!("{:.1}", (f - r.started_at).num_milliseconds() as f64 / 1000.0))
+                    .map(|f| {
+                        format!(
+                            "{:.1}",
+                            (f - r.started_at).num_milliseconds() as f64 / 1000.0
+                        )
+                    })
                     .unwrap_or_else(|| "-".into()),
                 format!("{}/{}", r.assets.len() - failed, r.assets.len()),
             ]
         })
         .collect();
-    print_table(&["run", "status", "trigger", "selection", "started (UTC)", "seconds", "assets ok"], &rows);
+    print_table(
+        &[
+            "run",
+            "status",
+            "trigger",
+            "selection",
+            "started (UTC)",
+            "seconds",
+            "assets ok",
+        ],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -139,7 +188,11 @@ pub async fn history(locations: &Locations, key: &str, limit: usize) -> Result<i
         .into_iter()
         .map(|commit| {
             let meta = commit.quantlens.unwrap_or_default();
-            let upstream: Vec<String> = meta.upstream.iter().map(|(k, v)| format!("{k}@v{v}")).collect();
+            let upstream: Vec<String> = meta
+                .upstream
+                .iter()
+                .map(|(k, v)| format!("{k}@v{v}"))
+                .collect();
             vec![
                 commit.version.to_string(),
                 commit.timestamp.map(|t| t.to_rfc3339()).unwrap_or_default(),
@@ -150,7 +203,17 @@ pub async fn history(locations: &Locations, key: &str, limit: usize) -> Result<i
             ]
         })
         .collect();
-    print_table(&["version", "timestamp", "operation", "run", "code", "read from"], &rows);
+    print_table(
+        &[
+            "version",
+            "timestamp",
+            "operation",
+            "run",
+            "code",
+            "read from",
+        ],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -166,7 +229,9 @@ pub async fn show(
         (Some(v), _) => At::Version(v),
         (None, Some(ts)) => At::Timestamp(
             chrono::DateTime::parse_from_rfc3339(&ts)
-                .with_context(|| format!("--as-of `{ts}` is not an RFC 3339 time such as 2026-01-31T18:00:00Z"))?
+                .with_context(|| {
+                    format!("--as-of `{ts}` is not an RFC 3339 time such as 2026-01-31T18:00:00Z")
+                })?
                 .into(),
         ),
         (None, None) => At::Latest,
@@ -187,7 +252,9 @@ pub async fn sql(locations: &Locations, query: &str) -> Result<i32, Failure> {
         .tables()
         .into_iter()
         .map(|key| {
-            let view = AssetKey::new(key.as_str()).map(|k| k.view_name()).unwrap_or_else(|_| key.replace('/', "_"));
+            let view = AssetKey::new(key.as_str())
+                .map(|k| k.view_name())
+                .unwrap_or_else(|_| key.replace('/', "_"));
             (key, view)
         })
         .collect();
@@ -204,6 +271,9 @@ fn print_query(conn: &duckdb::Connection, query: &str) -> anyhow::Result<()> {
         println!("(no rows)");
         return Ok(());
     }
-    println!("{}", duckdb::arrow::util::pretty::pretty_format_batches(&batches)?);
+    println!(
+        "{}",
+        duckdb::arrow::util::pretty::pretty_format_batches(&batches)?
+    );
     Ok(())
 }

@@ -7,7 +7,9 @@ use quantlens_engine::RunOptions;
 use quantlens_lake::FileStore;
 use quantlens_pipeline::demo::{write_demo, DemoOptions};
 use quantlens_pipeline::landing::is_candidate;
-use quantlens_runs::{exit, RunId, RunLock, RunRecord, RunStatus, RunsError, StateDir, DEFAULT_RETENTION};
+use quantlens_runs::{
+    exit, RunId, RunLock, RunRecord, RunStatus, RunsError, StateDir, DEFAULT_RETENTION,
+};
 
 use crate::output::print_table;
 use crate::{fail, Failure, Locations};
@@ -60,7 +62,9 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         None => match RunLock::try_acquire(&state, &run_id) {
             Ok(lock) => lock,
             Err(RunsError::Locked { holder }) => {
-                let holder = holder.filter(|h| !h.is_empty()).unwrap_or_else(|| "(unknown run)".into());
+                let holder = holder
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "(unknown run)".into());
                 return Err(fail(exit::LOCKED, anyhow!("already running {holder}")));
             }
             Err(err) => return Err(err.into()),
@@ -127,7 +131,9 @@ fn print_summary(record: &RunRecord) {
         .iter()
         .map(|asset| {
             let seconds = match (asset.started_at, asset.finished_at) {
-                (Some(start), Some(end)) => format!("{:.2}", (end - start).num_milliseconds() as f64 / 1000.0),
+                (Some(start), Some(end)) => {
+                    format!("{:.2}", (end - start).num_milliseconds() as f64 / 1000.0)
+                }
                 _ => "-".into(),
             };
             vec![
@@ -141,5 +147,8 @@ fn print_summary(record: &RunRecord) {
         })
         .collect();
     println!("run {} {}", record.run_id, record.status);
-    print_table(&["asset", "status", "rows", "version", "seconds", "note"], &rows);
+    print_table(
+        &["asset", "status", "rows", "version", "seconds", "note"],
+        &rows,
+    );
 }

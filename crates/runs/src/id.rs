@@ -1,8 +1,8 @@
-//! Run ids. A generated id is the UTC second it was made plus six hex digits
-//! (`20261129T121500Z-3f9a1c`), so sorting ids as text sorts runs by start
-//! time and the state directory can be listed and pruned without opening a
-//! single record. Ids also name directories, so user-supplied ones are held
-//! to a character set that cannot contain `/` or start with `.`.
+//! Run ids. A generated id is the UTC millisecond it was made plus six hex
+//! digits (`20261129T121500.123Z-3f9a1c`), readable and unique; listings still
+//! order runs by their recorded start time, since ids given with `--run-id`
+//! need not sort by time. Ids also name directories, so user-supplied ones are
+//! held to a character set that cannot contain `/` or start with `.`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -29,7 +29,11 @@ impl RunId {
     /// A fresh id for a run starting now.
     pub fn generate() -> RunId {
         let now = chrono::Utc::now();
-        RunId(format!("{}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), suffix()))
+        RunId(format!(
+            "{}-{:06x}",
+            now.format("%Y%m%dT%H%M%S%.3fZ"),
+            suffix()
+        ))
     }
 
     /// Accepts `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
@@ -128,9 +132,9 @@ mod tests {
     fn generated_ids_have_the_documented_shape() {
         let id = RunId::generate();
         let s = id.as_str();
-        assert_eq!(s.len(), 23, "{s}");
+        assert_eq!(s.len(), 27, "{s}");
         let (stamp, hex) = s.split_once('-').unwrap();
-        assert!(chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").is_ok());
+        assert!(chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ").is_ok());
         assert_eq!(hex.len(), 6);
         assert!(hex
             .bytes()

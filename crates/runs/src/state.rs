@@ -83,18 +83,12 @@ impl StateDir {
     /// detection applied. Unreadable records are skipped (see
     /// [`StateDir::scan_runs`] to see them).
     pub fn list_runs(&self, limit: usize) -> Result<Vec<RunRecord>, RunsError> {
-        let mut probe = LockProbe::new(self);
-        let mut out = Vec::new();
-        for id in self.run_ids()?.into_iter().rev() {
-            if out.len() == limit {
-                break;
-            }
-            if let Ok(mut record) = self.run_files(&id).read_record() {
-                detect_crash(&mut record, &mut probe);
-                out.push(record);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .scan_runs(usize::MAX)?
+            .into_iter()
+            .filter_map(|(_, record)| record.ok())
+            .take(limit)
+            .collect())
     }
 
     /// The newest `limit` run directories, newest first, each with its record
@@ -102,12 +96,12 @@ impl StateDir {
     pub fn scan_runs(&self, limit: usize) -> Result<Vec<ScannedRun>, RunsError> {
         let mut probe = LockProbe::new(self);
         Ok(self
-            .run_ids()?
+            .runs_oldest_first()?
             .into_iter()
             .rev()
             .take(limit)
-            .map(|id| {
-                let record = self.run_files(&id).read_record().map(|mut r| {
+            .map(|(id, record)| {
+                let record = record.map(|mut r| {
                     detect_crash(&mut r, &mut probe);
                     r
                 });
@@ -118,21 +112,23 @@ impl StateDir {
 
     /// The newest record with status Succeeded, if any.
     pub fn last_success(&self) -> Result<Option<RunRecord>, RunsError> {
-        for id in self.run_ids()?.into_iter().rev() {
-            if let Ok(record) = self.run_files(&id).read_record() {
-                if record.status == RunStatus::Succeeded {
-                    return Ok(Some(record));
-                }
-            }
-        }
-        Ok(None)
+        Ok(self
+            .runs_oldest_first()?
+            .into_iter()
+            .rev()
+            .filter_map(|(_, record)| record.ok())
+            .find(|record| record.status == RunStatus::Succeeded))
     }
 
     /// Deletes the oldest run directories until at most `keep` remain, never
     /// deleting `except` (which still counts towards `keep`). Returns how many
     /// were deleted.
     pub fn prune(&self, keep: usize, except: Option<&RunId>) -> Result<usize, RunsError> {
-        let ids = self.run_ids()?;
+        let ids: Vec<RunId> = self
+            .runs_oldest_first()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         let excess = ids.len().saturating_sub(keep);
         let mut removed = 0;
         for id in ids.iter().filter(|id| Some(*id) != except).take(excess) {
@@ -179,6 +175,26 @@ impl StateDir {
 
     /// Run ids of the directories under `runs/`, oldest first. Entries whose
     /// names are not run ids are not ours and are ignored.
+    /// Every run with its record (or the error reading it), oldest first by
+    /// `started_at`: ids given with `--run-id` need not sort by time, and two
+    /// generated ids of the same millisecond need not either. Unreadable
+    /// records sort first, by id, so pruning removes them early.
+    fn runs_oldest_first(&self) -> Result<Vec<(RunId, Result<RunRecord, RunsError>)>, RunsError> {
+        let mut runs: Vec<_> = self
+            .run_ids()?
+            .into_iter()
+            .map(|id| {
+                let record = self.run_files(&id).read_record();
+                (id, record)
+            })
+            .collect();
+        runs.sort_by(|(a_id, a), (b_id, b)| {
+            let started = |r: &Result<RunRecord, RunsError>| r.as_ref().ok().map(|r| r.started_at);
+            started(a).cmp(&started(b)).then_with(|| a_id.cmp(b_id))
+        });
+        Ok(runs)
+    }
+
     fn run_ids(&self) -> Result<Vec<RunId>, RunsError> {
         let runs = self.runs_dir();
         let entries = match fs::read_dir(&runs) {
@@ -311,13 +327,17 @@ mod tests {
     fn list_is_newest_first_and_limited() {
         let tmp = TempDir::new();
         let state = state(&tmp);
-        for run in [
-            "20261129T121502Z-000000",
-            "20261129T121500Z-000000",
-            "20261129T121501Z-000000",
-            "20261128T235959Z-ffffff",
+        // Ids given by users need not sort by time: the start time decides.
+        for (run, second) in [
+            ("zzz-oldest", 0),
+            ("aaa-newest", 3),
+            ("mmm", 2),
+            ("20261129T121500.000Z-ffffff", 1),
         ] {
-            put(&state, run, RunStatus::Succeeded, None);
+            let mut rec = RunRecord::new(id(run), "cli", "*");
+            rec.status = RunStatus::Succeeded;
+            rec.started_at = chrono::DateTime::from_timestamp(1_800_000_000 + second, 0).unwrap();
+            state.run_files(&rec.run_id).write_record(&rec).unwrap();
         }
         // Not run directories: ignored.
         fs::write(state.runs_dir().join("stray-file"), "").unwrap();
@@ -329,17 +349,17 @@ mod tests {
         assert_eq!(
             ids(state.list_runs(10).unwrap()),
             [
-                "20261129T121502Z-000000",
-                "20261129T121501Z-000000",
-                "20261129T121500Z-000000",
-                "20261128T235959Z-ffffff"
+                "aaa-newest",
+                "mmm",
+                "20261129T121500.000Z-ffffff",
+                "zzz-oldest"
             ]
         );
-        assert_eq!(
-            ids(state.list_runs(2).unwrap()),
-            ["20261129T121502Z-000000", "20261129T121501Z-000000"]
-        );
+        assert_eq!(ids(state.list_runs(2).unwrap()), ["aaa-newest", "mmm"]);
         assert!(state.list_runs(0).unwrap().is_empty());
+        // Pruning removes the oldest by start time, not by name.
+        assert_eq!(state.prune(2, None).unwrap(), 2);
+        assert_eq!(ids(state.list_runs(10).unwrap()), ["aaa-newest", "mmm"]);
     }
 
     #[test]
@@ -362,13 +382,14 @@ mod tests {
             .collect();
         assert_eq!(listed, ["r3", "r1"], "limit counts readable records");
 
+        // Readable records newest first, then unreadable ones (which sort as oldest).
         let scanned = state.scan_runs(10).unwrap();
         assert_eq!(scanned.len(), 4);
+        assert!(scanned[0].1.is_ok() && scanned[1].1.is_ok());
         assert!(
-            matches!(scanned[0], (ref i, Err(RunsError::NotFound { .. })) if i.as_str() == "r4")
+            matches!(scanned[2], (ref i, Err(RunsError::NotFound { .. })) if i.as_str() == "r4")
         );
-        assert!(scanned[1].1.is_ok());
-        match &scanned[2] {
+        match &scanned[3] {
             (i, Err(RunsError::Corrupt { path, .. })) => {
                 assert_eq!(i.as_str(), "r2");
                 assert_eq!(path, &state.run_files(&broken).record_path());

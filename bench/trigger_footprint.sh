@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Footprint of the trigger daemon (quantlens-trigger): stripped release binary size, idle RSS,
+# RSS after 10,000 and 20,000 requests and after a 500-connection burst, and GET /health latency at a fixed 1,000 requests/s on
+# loopback. Prints the numbers and the machine; docs/benchmarks.md records them. Nothing here
+# asserts a timing: this measures, it does not test.
+#
+#   bench/trigger_footprint.sh            # build (release) into $CARGO_TARGET_DIR, then measure
+#
+# Load goes only to 127.0.0.1, at a fixed rate for a bounded time (10 s per phase), from the
+# std-only generator crates/trigger/examples/trigger_load.rs (wrk measures throughput, not latency
+# at a set rate; wrk2 is not in Debian). Latency is measured from when each request was due, so a
+# stall cannot hide by slowing the sender (coordinated omission); service time from the actual
+# send is printed as well.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/tmp/target-trigger-release}"
+RATE="${RATE:-1000}"
+SECONDS_PER_PHASE="${SECONDS_PER_PHASE:-10}"
+CONNECTIONS="${CONNECTIONS:-4}"
+
+cargo build --release --locked -p quantlens-trigger --bin quantlens-trigger --example trigger_load \
+  >&2
+BIN="$CARGO_TARGET_DIR/release/quantlens-trigger"
+LOAD="$CARGO_TARGET_DIR/release/examples/trigger_load"
+
+work="$(mktemp -d)"
+daemon_pid="" holder_pid=""
+cleanup() {
+  [[ -n "$daemon_pid" ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  [[ -n "$holder_pid" ]] && kill "$holder_pid" 2>/dev/null && wait "$holder_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$daemon_pid/status"; }
+mib() { awk -v kb="$1" 'BEGIN { printf "%.2f MiB", kb / 1024 }'; }
+
+# A state directory with one fresh successful run, so /health answers 200 as in production.
+run_id="20260101T000000Z-000001"
+mkdir -p "$work/state/runs/$run_id"
+now="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+cat > "$work/state/runs/$run_id/run.json" <<EOF
+{"run_id":"$run_id","status":"succeeded","trigger":"timer","selection":"*","pid":null,
+ "started_at":"$now","finished_at":"$now","exit_code":0,"error":null,"assets":[]}
+EOF
+for i in $(seq 1 200); do echo "line $i of a worker log"; done > "$work/state/runs/$run_id/worker.log"
+
+"$BIN" --worker /bin/true --state-dir "$work/state" --listen 127.0.0.1:0 2> "$work/daemon.log" &
+daemon_pid=$!
+for _ in $(seq 1 100); do
+  grep -q "serving on" "$work/daemon.log" && break
+  sleep 0.05
+done
+addr="$(sed -n 's/.*serving on http:\/\/\([^ ]*\).*/\1/p' "$work/daemon.log")"
+[[ -n "$addr" ]] || { cat "$work/daemon.log" >&2; exit 1; }
+
+sleep 2
+idle_kb="$(rss_kb)"
+
+# Phase 1: GET /health only, at the fixed rate: the latency number.
+health_json="$("$LOAD" "$addr" "$RATE" "$SECONDS_PER_PHASE" "$CONNECTIONS" "GET /health")"
+after_health_kb="$(rss_kb)"
+
+# Phase 2: every endpoint, with the run lock held by another process the way the timer's worker
+# would, so POST /trigger goes through the lock and answers 409 instead of starting runs.
+flock -x "$work/state/run.lock" sleep 300 &
+holder_pid=$!
+sleep 0.2
+mixed_json="$("$LOAD" "$addr" "$RATE" "$SECONDS_PER_PHASE" "$CONNECTIONS" \
+  "GET /health" "GET /runs" "GET /runs/$run_id" "GET /runs/$run_id/log?tail=100" "POST /trigger")"
+after_mixed_kb="$(rss_kb)"
+
+# Phase 3: a burst of 500 concurrent connections, each one POST /trigger (409: lock still held),
+# as in the single-flight test. RSS right after it, and once the daemon has trimmed its heap
+# (it does so within 5 s of going quiet).
+python3 - "$addr" <<'PY'
+import asyncio, sys
+host, port = sys.argv[1].rsplit(":", 1)
+async def burst(n=500):
+    conns = await asyncio.gather(*[asyncio.open_connection(host, int(port)) for _ in range(n)])
+    for _, w in conns:
+        w.write(b"POST /trigger HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    replies = await asyncio.wait_for(asyncio.gather(*[r.read() for r, _ in conns]), 60)
+    for _, w in conns:
+        w.close()
+    assert all(b" 409 " in r[:16] for r in replies), "expected 409s"
+asyncio.run(burst())
+PY
+after_burst_kb="$(rss_kb)"
+sleep 6
+after_trim_kb="$(rss_kb)"
+threads="$(awk '/^Threads:/ {print $2}' "/proc/$daemon_pid/status")"
+
+size_bytes="$(stat -c %s "$BIN")"
+p99() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv[2]]["p99_ms"])' "$1" "$2"; }
+
+cat <<EOF
+machine:        $(nproc) vCPU, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)
+load average:   $(cut -d' ' -f1-3 /proc/loadavg) (at the end; the machine may be shared)
+binary:         $size_bytes bytes ($(mib $((size_bytes / 1024)))), stripped release build
+threads:        $threads
+idle RSS:       $idle_kb kB ($(mib "$idle_kb"))
+RSS after 10k:  $after_health_kb kB ($(mib "$after_health_kb"))   (10,000 x GET /health)
+RSS after 20k:  $after_mixed_kb kB ($(mib "$after_mixed_kb"))   (+10,000 mixed: /health, /runs, /runs/ID, /runs/ID/log, POST /trigger -> 409)
+after a burst:  $after_burst_kb kB ($(mib "$after_burst_kb"))   (500 concurrent connections, POST /trigger -> 409)
+6 s later:      $after_trim_kb kB ($(mib "$after_trim_kb"))   (heap trimmed once quiet)
+GET /health at $RATE req/s for ${SECONDS_PER_PHASE}s over $CONNECTIONS connections:
+  p99 from schedule: $(p99 "$health_json" latency_from_schedule) ms   p99 from send: $(p99 "$health_json" latency_from_send) ms
+  $health_json
+mixed at $RATE req/s for ${SECONDS_PER_PHASE}s:
+  $mixed_json
+EOF
