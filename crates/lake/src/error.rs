@@ -11,8 +11,9 @@ pub enum LakeError {
     #[error("table `{table}`: {source}")]
     Delta {
         table: String,
+        // Boxed: deltalake's error is large, and every Result in the lake carries this type.
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
 
     #[error("table `{table}` has no version {version} (latest is {latest})")]
@@ -34,7 +35,7 @@ pub enum LakeError {
     Store {
         url: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
 
     #[error("table `{table}` is stored at {url}, which DuckDB cannot read from local disk")]
@@ -55,7 +56,7 @@ impl LakeError {
         match self {
             LakeError::Store { .. } | LakeError::Parquet { .. } => true,
             LakeError::Delta { source, .. } => matches!(
-                source,
+                source.as_ref(),
                 E::ObjectStore { .. }
                     | E::Io { .. }
                     | E::Transaction { .. }
@@ -69,6 +70,6 @@ impl LakeError {
 pub(crate) fn delta(table: &str) -> impl FnOnce(deltalake::DeltaTableError) -> LakeError + '_ {
     move |source| LakeError::Delta {
         table: table.to_string(),
-        source,
+        source: Box::new(source),
     }
 }

@@ -31,7 +31,7 @@ impl FileStore {
         let url = resolve_root(location)?;
         let (store, prefix) = object_store::parse_url(&url).map_err(|source| LakeError::Store {
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(FileStore {
             url,
@@ -47,7 +47,7 @@ impl FileStore {
     fn store_error(&self, source: object_store::Error) -> LakeError {
         LakeError::Store {
             url: self.url.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -402,7 +402,7 @@ async fn read_parquet(
     };
     let store_error = |source| LakeError::Store {
         url: format!("{key}/{}", file.path),
-        source,
+        source: Box::new(source),
     };
     // One GET per file: files are written at a bounded size, and a whole-object read is the
     // cheapest access pattern on object storage too.

@@ -20,7 +20,7 @@ use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeU
 use quantlens_lake::{At, FileStore, Lake, WriteMode};
 use serde_json::json;
 
-use crate::landing::{is_candidate, parse_delivery, sha256_hex, RawRow, HEADER};
+use crate::landing::{is_candidate, parse_delivery, raw_fields, sha256_hex, RawColumns, RawRow};
 use crate::spec;
 
 pub const PRICES: &str = "bronze/prices";
@@ -34,10 +34,7 @@ pub(crate) fn utc_timestamp() -> DataType {
 }
 
 pub fn prices_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = HEADER
-        .iter()
-        .map(|name| Field::new(*name, DataType::Utf8, true))
-        .collect();
+    let mut fields = raw_fields();
     fields.extend([
         Field::new("field_count", DataType::Int32, false),
         Field::new("source_file", DataType::Utf8, false),
@@ -309,7 +306,7 @@ fn ledger_batch(
 /// Accumulates raw rows into the bronze columns.
 #[derive(Default)]
 struct BronzeBuilder {
-    fields: [StringBuilder; 7],
+    fields: RawColumns,
     field_count: Int32Builder,
     source_file: StringBuilder,
     source_line: Int64Builder,
@@ -321,9 +318,9 @@ impl BronzeBuilder {
     }
 
     fn push(&mut self, row: &RawRow, file: &str) {
-        for (index, builder) in self.fields.iter_mut().enumerate() {
-            builder.append_option(row.fields.get(index));
-        }
+        self.fields.push(std::array::from_fn(|i| {
+            row.fields.get(i).map(String::as_str)
+        }));
         self.field_count.append_value(row.fields.len() as i32);
         self.source_file.append_value(file);
         self.source_line.append_value(row.line as i64);
@@ -331,11 +328,7 @@ impl BronzeBuilder {
 
     fn finish(mut self, ingested_at: i64) -> Result<RecordBatch, AssetError> {
         let rows = self.len();
-        let mut columns: Vec<Arc<dyn Array>> = self
-            .fields
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as Arc<dyn Array>)
-            .collect();
+        let mut columns = self.fields.finish();
         columns.push(Arc::new(self.field_count.finish()));
         columns.push(Arc::new(self.source_file.finish()));
         columns.push(Arc::new(self.source_line.finish()));

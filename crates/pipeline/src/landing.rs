@@ -3,10 +3,45 @@
 //! all (text, right header) and splits an accepted one into raw rows, keeping every field exactly
 //! as it arrived: judging the values is silver's job.
 
+use std::sync::Arc;
+
+use quantlens_lake::arrow::array::{ArrayRef, StringBuilder};
+use quantlens_lake::arrow::datatypes::{DataType, Field};
 use sha2::{Digest, Sha256};
 
 /// The columns every delivery must declare, in this order.
 pub const HEADER: [&str; 7] = ["symbol", "date", "open", "high", "low", "close", "volume"];
+
+/// The contract's columns as nullable raw strings: how bronze keeps a line, and how silver's
+/// rejects show it.
+pub fn raw_fields() -> Vec<Field> {
+    HEADER
+        .iter()
+        .map(|name| Field::new(*name, DataType::Utf8, true))
+        .collect()
+}
+
+/// Builds the seven [`raw_fields`] columns a line at a time.
+#[derive(Default)]
+pub struct RawColumns {
+    builders: [StringBuilder; 7],
+}
+
+impl RawColumns {
+    /// Appends one line; a field the line did not have is null.
+    pub fn push(&mut self, fields: [Option<&str>; 7]) {
+        for (builder, field) in self.builders.iter_mut().zip(fields) {
+            builder.append_option(field);
+        }
+    }
+
+    pub fn finish(&mut self) -> Vec<ArrayRef> {
+        self.builders
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect()
+    }
+}
 
 /// One data line of a delivery. `fields` holds what the line had, which may be more or fewer than
 /// seven when the line is malformed.

@@ -19,7 +19,7 @@ use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::WriteMode;
 
 use crate::bronze::{self, string_column, utc_timestamp};
-use crate::landing::HEADER;
+use crate::landing::{raw_fields, RawColumns, HEADER};
 use crate::spec;
 
 pub const PRICES: &str = "silver/prices";
@@ -38,10 +38,7 @@ pub fn prices_schema() -> SchemaRef {
 }
 
 pub fn rejects_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = HEADER
-        .iter()
-        .map(|name| Field::new(*name, DataType::Utf8, true))
-        .collect();
+    let mut fields = raw_fields();
     fields.extend([
         Field::new("source_file", DataType::Utf8, false),
         Field::new("source_line", DataType::Int64, false),
@@ -241,7 +238,7 @@ impl Interner {
 }
 
 struct RejectsBuilder {
-    fields: [StringBuilder; 7],
+    fields: RawColumns,
     source_file: StringBuilder,
     source_line: Int64Builder,
     ingested_at: TimestampMicrosecondBuilder,
@@ -252,7 +249,7 @@ struct RejectsBuilder {
 impl RejectsBuilder {
     fn new() -> Self {
         RejectsBuilder {
-            fields: Default::default(),
+            fields: RawColumns::default(),
             source_file: StringBuilder::new(),
             source_line: Int64Builder::new(),
             ingested_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
@@ -269,9 +266,7 @@ impl RejectsBuilder {
         ingested_at: i64,
         broken: Broken,
     ) {
-        for (builder, field) in self.fields.iter_mut().zip(fields) {
-            builder.append_option(*field);
-        }
+        self.fields.push(*fields);
         self.source_file.append_value(file);
         self.source_line.append_value(line);
         self.ingested_at.append_value(ingested_at);
@@ -280,11 +275,7 @@ impl RejectsBuilder {
     }
 
     fn finish(mut self) -> Result<RecordBatch, AssetError> {
-        let mut columns: Vec<Arc<dyn Array>> = self
-            .fields
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as Arc<dyn Array>)
-            .collect();
+        let mut columns = self.fields.finish();
         columns.push(Arc::new(self.source_file.finish()));
         columns.push(Arc::new(self.source_line.finish()));
         columns.push(Arc::new(self.ingested_at.finish()));
@@ -351,7 +342,7 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
             c.line,
         )
     };
-    candidates.sort_unstable_by(|a, b| order(a).cmp(&order(b)));
+    candidates.sort_unstable_by_key(order);
     let winners: Vec<&Candidate> = candidates
         .iter()
         .enumerate()

@@ -179,7 +179,7 @@ impl StateDir {
     /// `started_at`: ids given with `--run-id` need not sort by time, and two
     /// generated ids of the same millisecond need not either. Unreadable
     /// records sort first, by id, so pruning removes them early.
-    fn runs_oldest_first(&self) -> Result<Vec<(RunId, Result<RunRecord, RunsError>)>, RunsError> {
+    fn runs_oldest_first(&self) -> Result<Vec<ScannedRun>, RunsError> {
         let mut runs: Vec<_> = self
             .run_ids()?
             .into_iter()
