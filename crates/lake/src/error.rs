@@ -44,8 +44,8 @@ pub enum LakeError {
     #[error("converting between Arrow implementations: {0}")]
     Bridge(String),
 
-    #[error("table `{table}`: a background writer stopped: {message}")]
-    WriterTask { table: String, message: String },
+    #[error("table `{table}`: a background reader or writer stopped: {message}")]
+    Task { table: String, message: String },
 }
 
 impl LakeError {

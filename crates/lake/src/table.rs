@@ -266,7 +266,7 @@ impl Lake {
             .collect();
         let mut adds = Vec::new();
         for task in tasks {
-            let written = task.await.map_err(|e| LakeError::WriterTask {
+            let written = task.await.map_err(|e| LakeError::Task {
                 table: key.to_string(),
                 message: e.to_string(),
             })?;
@@ -336,11 +336,25 @@ impl Table {
     }
 
     /// Reads the whole snapshot, optionally only some columns, as Arrow batches in file order.
+    /// Files are fetched and decoded on separate tasks, so decoding uses every core.
     pub async fn read(&self, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, LakeError> {
         let store = self.inner.object_store();
-        let files = self.files()?;
-        let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
-            .map(|file| read_parquet(&self.key, store.clone(), file, columns))
+        let columns: Option<Arc<[String]>> =
+            columns.map(|c| c.iter().map(|s| s.to_string()).collect());
+        let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(self.files()?)
+            .map(|file| {
+                let (key, store, columns) = (self.key.clone(), store.clone(), columns.clone());
+                async move {
+                    tokio::spawn(async move {
+                        read_parquet(&key, store, file, columns.as_deref()).await
+                    })
+                    .await
+                    .map_err(|e| LakeError::Task {
+                        table: self.key.clone(),
+                        message: e.to_string(),
+                    })?
+                }
+            })
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
@@ -393,7 +407,7 @@ async fn read_parquet(
     key: &str,
     store: Arc<dyn ObjectStore>,
     file: TableFile,
-    columns: Option<&[&str]>,
+    columns: Option<&[String]>,
 ) -> Result<Vec<RecordBatch>, LakeError> {
     let parquet_error = |source| LakeError::Parquet {
         table: key.to_string(),
@@ -416,7 +430,7 @@ async fn read_parquet(
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?;
     if let Some(columns) = columns {
         let schema = builder.parquet_schema();
-        let wanted: HashSet<&str> = columns.iter().copied().collect();
+        let wanted: HashSet<&str> = columns.iter().map(String::as_str).collect();
         let indices = schema
             .root_schema()
             .get_fields()

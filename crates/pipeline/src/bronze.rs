@@ -18,6 +18,7 @@ use quantlens_lake::arrow::array::{
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use quantlens_lake::{At, FileStore, Lake, WriteMode};
+use rayon::prelude::*;
 use serde_json::json;
 
 use crate::landing::{is_candidate, parse_delivery, raw_fields, sha256_hex, RawColumns, RawRow};
@@ -124,32 +125,39 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
             .buffered(8)
             .try_collect()
             .await?;
-        let mut builder = BronzeBuilder::default();
-        for (name, bytes) in contents {
-            let sha256 = sha256_hex(&bytes);
-            if !known.insert((name.clone(), sha256.clone())) {
-                continue;
-            }
-            let fate = match parse_delivery(&bytes) {
-                Ok(delivery) => {
-                    for row in &delivery.rows {
-                        builder.push(row, &name);
-                    }
-                    Fate::Ingested {
-                        rows: delivery.rows.len() as u64,
-                    }
+        // Hashing and parsing are the CPU-heavy part of ingest: one file per core at a time.
+        let known_before = &known;
+        let ingested: Vec<(LedgerEntry, Option<Result<RecordBatch, AssetError>>)> = contents
+            .into_par_iter()
+            .filter_map(|(name, bytes)| {
+                let sha256 = sha256_hex(&bytes);
+                if known_before.contains(&(name.clone(), sha256.clone())) {
+                    return None;
                 }
-                Err(reason) => Fate::Rejected { reason },
-            };
-            ledger.push(LedgerEntry {
-                file: name,
-                bytes: bytes.len() as u64,
-                sha256,
-                fate,
-            });
-        }
-        if builder.len() > 0 {
-            batches.push(builder.finish(ingested_at)?);
+                let (fate, batch) = match parse_delivery(&bytes) {
+                    Ok(delivery) => {
+                        let mut builder = BronzeBuilder::default();
+                        for row in &delivery.rows {
+                            builder.push(row, &name);
+                        }
+                        let rows = delivery.rows.len() as u64;
+                        (Fate::Ingested { rows }, Some(builder.finish(ingested_at)))
+                    }
+                    Err(reason) => (Fate::Rejected { reason }, None),
+                };
+                let entry = LedgerEntry {
+                    file: name,
+                    bytes: bytes.len() as u64,
+                    sha256,
+                    fate,
+                };
+                Some((entry, batch))
+            })
+            .collect();
+        for (entry, batch) in ingested {
+            known.insert((entry.file.clone(), entry.sha256.clone()));
+            ledger.push(entry);
+            batches.extend(batch.transpose()?);
         }
     }
 
