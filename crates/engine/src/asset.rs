@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use quantlens_graph::AssetSpec;
 use quantlens_lake::arrow::array::RecordBatch;
 use quantlens_lake::arrow::datatypes::SchemaRef;
-use quantlens_lake::{At, Lake, LakeError, WriteMode};
+use quantlens_lake::{At, Lake, LakeError, Table, WriteMode};
 
 use crate::{Check, RetryPolicy};
 
@@ -112,23 +112,27 @@ pub struct AssetContext {
 }
 
 impl AssetContext {
-    /// Reads an upstream table at its pinned version: its schema and all its rows.
-    pub async fn read_upstream(
-        &self,
-        key: &str,
-        columns: Option<&[&str]>,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>), AssetError> {
+    /// An upstream table loaded at its pinned version.
+    pub async fn upstream_table(&self, key: &str) -> Result<Table, AssetError> {
         let version = *self.upstream.get(key).ok_or_else(|| {
             AssetError::data(format!(
                 "`{}` reads `{key}`, which it does not depend on",
                 self.key
             ))
         })?;
-        let table = self
-            .lake
+        self.lake
             .load(key, At::Version(version))
             .await?
-            .ok_or_else(|| AssetError::data(format!("upstream table `{key}` does not exist")))?;
+            .ok_or_else(|| AssetError::data(format!("upstream table `{key}` does not exist")))
+    }
+
+    /// Reads an upstream table at its pinned version: its schema and all its rows.
+    pub async fn read_upstream(
+        &self,
+        key: &str,
+        columns: Option<&[&str]>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), AssetError> {
+        let table = self.upstream_table(key).await?;
         let batches = table.read(columns).await?;
         let schema = batches
             .first()

@@ -336,29 +336,35 @@ impl Table {
     }
 
     /// Reads the whole snapshot, optionally only some columns, as Arrow batches in file order.
-    /// Files are fetched and decoded on separate tasks, so decoding uses every core.
     pub async fn read(&self, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, LakeError> {
+        let per_file: Vec<Vec<RecordBatch>> = self.scan(columns)?.try_collect().await?;
+        Ok(per_file.into_iter().flatten().collect())
+    }
+
+    /// Streams the snapshot file by file, in file order, so a large table can be processed
+    /// without holding all of it. Files are fetched and decoded on their own tasks, a few ahead
+    /// of the consumer, so decoding uses every core.
+    pub fn scan(
+        &self,
+        columns: Option<&[&str]>,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<RecordBatch>, LakeError>> + Send + 'static, LakeError> {
         let store = self.inner.object_store();
-        let columns: Option<Arc<[String]>> =
-            columns.map(|c| c.iter().map(|s| s.to_string()).collect());
-        let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(self.files()?)
-            .map(|file| {
-                let (key, store, columns) = (self.key.clone(), store.clone(), columns.clone());
+        let columns: Option<Arc<[String]>> = columns.map(|c| c.iter().map(|s| s.to_string()).collect());
+        let key = self.key.clone();
+        Ok(futures::stream::iter(self.files()?)
+            .map(move |file| {
+                let (key, store, columns) = (key.clone(), store.clone(), columns.clone());
                 async move {
-                    tokio::spawn(async move {
-                        read_parquet(&key, store, file, columns.as_deref()).await
-                    })
-                    .await
-                    .map_err(|e| LakeError::Task {
-                        table: self.key.clone(),
-                        message: e.to_string(),
-                    })?
+                    let task_key = key.clone();
+                    tokio::spawn(async move { read_parquet(&task_key, store, file, columns.as_deref()).await })
+                        .await
+                        .map_err(|e| LakeError::Task {
+                            table: key,
+                            message: e.to_string(),
+                        })?
                 }
             })
-            .buffered(READ_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(per_file.into_iter().flatten().collect())
+            .buffered(READ_CONCURRENCY))
     }
 
     /// Commits newest first, at most `limit` of them.
