@@ -55,8 +55,19 @@ pub struct Lake {
 
 impl Lake {
     pub fn open(data_root: &str) -> Result<Lake, LakeError> {
+        let root = resolve_root(data_root)?;
+        if root.scheme() != "file" {
+            // Object storage needs its store registered and DuckDB a local cache: not built yet.
+            return Err(LakeError::InvalidRoot {
+                root: data_root.to_string(),
+                reason: format!(
+                    "`{}://` storage is not supported by this version; use a local directory",
+                    root.scheme()
+                ),
+            });
+        }
         Ok(Lake {
-            root: resolve_root(data_root)?,
+            root,
             storage_options: HashMap::new(),
         })
     }
@@ -102,9 +113,11 @@ mod tests {
     }
 
     #[test]
-    fn remote_urls_are_kept() {
+    fn remote_urls_are_kept_but_not_yet_opened_as_lakes() {
         let url = resolve_root("s3://bucket/some/prefix").unwrap();
         assert_eq!(url.as_str(), "s3://bucket/some/prefix/");
         assert!(resolve_root("  ").is_err());
+        let err = Lake::open("s3://bucket/some/prefix").unwrap_err().to_string();
+        assert!(err.contains("not supported"), "{err}");
     }
 }

@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Locations {
-    /// Where the Delta tables live: a local directory or a URL such as s3://bucket/prefix.
+    /// Where the Delta tables live: a local directory (or file:// URL).
     #[arg(long, env = "DATA_ROOT", default_value = "./data", global = true)]
     data_root: String,
     /// Where landing CSV files arrive [default: <DATA_ROOT>/landing/prices].
