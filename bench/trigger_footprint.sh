@@ -36,15 +36,34 @@ trap cleanup EXIT
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$daemon_pid/status"; }
 mib() { awk -v kb="$1" 'BEGIN { printf "%.2f MiB", kb / 1024 }'; }
 
-# A state directory with one fresh successful run, so /health answers 200 as in production.
-run_id="20260101T000000Z-000001"
-mkdir -p "$work/state/runs/$run_id"
-now="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-cat > "$work/state/runs/$run_id/run.json" <<EOF
-{"run_id":"$run_id","status":"succeeded","trigger":"timer","selection":"*","pid":null,
- "started_at":"$now","finished_at":"$now","exit_code":0,"error":null,"assets":[]}
-EOF
-for i in $(seq 1 200); do echo "line $i of a worker log"; done > "$work/state/runs/$run_id/worker.log"
+# A state directory as a VM has it after a while: the worker's default retention of 200 run
+# records (older failures, the newest a fresh success), so /health answers 200 as in production
+# and listing costs what it costs there. Each record lists the pipeline's four assets.
+RUNS="${RUNS:-200}"
+python3 - "$work/state" "$RUNS" <<'PY'
+import datetime, json, pathlib, sys
+state, count = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+for i in range(count):
+    at = now - datetime.timedelta(days=count - 1 - i)
+    run_id = at.strftime("%Y%m%dT%H%M%SZ") + f"-{i:06x}"
+    stamp = at.isoformat().replace("+00:00", "Z")
+    ok = i == count - 1 or i % 3 != 0
+    assets = [{"key": k, "status": "succeeded" if ok else "failed", "attempts": 1,
+               "started_at": stamp, "finished_at": stamp, "table_version": i, "rows_written": 1000,
+               "checks": [{"name": "not_null", "passed": ok, "blocking": True, "detail": "-"}],
+               "error": None if ok else "check failed"}
+              for k in ("bronze/prices", "silver/prices", "gold/returns", "gold/market_daily")]
+    record = {"run_id": run_id, "status": "succeeded" if ok else "failed", "trigger": "timer",
+              "selection": "*", "pid": None, "started_at": stamp, "finished_at": stamp,
+              "exit_code": 0 if ok else 1, "error": None if ok else "1 asset failed",
+              "assets": assets}
+    run_dir = state / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
+    (run_dir / "worker.log").write_text("".join(f"line {n} of a worker log\n" for n in range(200)))
+PY
+run_id="$(ls "$work/state/runs" | sort | tail -n 1)"
 
 "$BIN" --worker /bin/true --state-dir "$work/state" --listen 127.0.0.1:0 2> "$work/daemon.log" &
 daemon_pid=$!
@@ -62,16 +81,21 @@ idle_kb="$(rss_kb)"
 health_json="$("$LOAD" "$addr" "$RATE" "$SECONDS_PER_PHASE" "$CONNECTIONS" "GET /health")"
 after_health_kb="$(rss_kb)"
 
-# Phase 2: every endpoint, with the run lock held by another process the way the timer's worker
-# would, so POST /trigger goes through the lock and answers 409 instead of starting runs.
-flock -x "$work/state/run.lock" sleep 300 &
+# Phase 2: the per-run endpoints and POST /trigger, with the run lock held by another process
+# the way the timer's worker would, so the POSTs go through the lock and answer 409 instead of
+# starting runs.
+flock --no-fork -x "$work/state/run.lock" sleep 300 &
 holder_pid=$!
 sleep 0.2
 mixed_json="$("$LOAD" "$addr" "$RATE" "$SECONDS_PER_PHASE" "$CONNECTIONS" \
-  "GET /health" "GET /runs" "GET /runs/$run_id" "GET /runs/$run_id/log?tail=100" "POST /trigger")"
+  "GET /health" "GET /runs/$run_id" "GET /runs/$run_id/log?tail=100" "POST /trigger")"
 after_mixed_kb="$(rss_kb)"
 
-# Phase 3: a burst of 500 concurrent connections, each one POST /trigger (409: lock still held),
+# Phase 3: GET /runs (the default 20 newest) at a modest rate: listing reads the state directory,
+# so it is measured on its own rather than at 1,000/s.
+list_json="$("$LOAD" "$addr" 20 5 1 "GET /runs")"
+
+# Phase 4: a burst of 500 concurrent connections, each one POST /trigger (409: lock still held),
 # as in the single-flight test. RSS right after it, and once the daemon has trimmed its heap
 # (it does so within 5 s of going quiet).
 python3 - "$addr" <<'PY'
@@ -98,11 +122,12 @@ p99() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv
 cat <<EOF
 machine:        $(nproc) vCPU, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)
 load average:   $(cut -d' ' -f1-3 /proc/loadavg) (at the end; the machine may be shared)
+state:          $RUNS run records (the worker's default retention)
 binary:         $size_bytes bytes ($(mib $((size_bytes / 1024)))), stripped release build
 threads:        $threads
 idle RSS:       $idle_kb kB ($(mib "$idle_kb"))
 RSS after 10k:  $after_health_kb kB ($(mib "$after_health_kb"))   (10,000 x GET /health)
-RSS after 20k:  $after_mixed_kb kB ($(mib "$after_mixed_kb"))   (+10,000 mixed: /health, /runs, /runs/ID, /runs/ID/log, POST /trigger -> 409)
+RSS after 20k:  $after_mixed_kb kB ($(mib "$after_mixed_kb"))   (+10,000 mixed: /health, /runs/ID, /runs/ID/log, POST /trigger -> 409)
 after a burst:  $after_burst_kb kB ($(mib "$after_burst_kb"))   (500 concurrent connections, POST /trigger -> 409)
 6 s later:      $after_trim_kb kB ($(mib "$after_trim_kb"))   (heap trimmed once quiet)
 GET /health at $RATE req/s for ${SECONDS_PER_PHASE}s over $CONNECTIONS connections:
@@ -110,4 +135,6 @@ GET /health at $RATE req/s for ${SECONDS_PER_PHASE}s over $CONNECTIONS connectio
   $health_json
 mixed at $RATE req/s for ${SECONDS_PER_PHASE}s:
   $mixed_json
+GET /runs at 20 req/s for 5s ($RUNS records in the state directory):
+  $list_json
 EOF

@@ -4,13 +4,15 @@ can make a run sleep, crash, ignore SIGTERM or leave a grandchild behind; the la
 real `quantlens` worker on small demo data. Socket activation goes through systemd's own
 `systemd-socket-activate`, and sd_notify through a real datagram socket.
 
-Needs `cargo build -p quantlens-trigger -p quantlens` first (or QUANTLENS_TRIGGER_BIN/QUANTLENS_BIN).
+Needs `cargo build -p quantlens-trigger -p quantlens` first (or QUANTLENS_TRIGGER_BIN and
+QUANTLENS_BIN).
 No test asserts a timing: every wait is a bounded poll for a state."""
 
 import asyncio
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +51,11 @@ def daemons(tmp_path):
 
     yield start
     for daemon in started:
+        # SIGTERM first: the daemon then stops its run, so no stand-in outlives the test.
+        try:
+            daemon.terminate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
         daemon.kill()
 
 
@@ -79,6 +86,7 @@ def test_trigger_starts_a_run_and_every_endpoint_reports_it(daemons):
     assert record["status"] == "succeeded"
     assert record["trigger"] == "http"  # QUANTLENS_TRIGGER=http reached the worker
     assert invocations(d.state) == [run_id]
+    d.wait_idle()  # the daemon's own closing note comes after the worker's record
 
     runs = d.get("/runs").json["runs"]
     assert [run["run_id"] for run in runs] == [run_id]
@@ -86,7 +94,7 @@ def test_trigger_starts_a_run_and_every_endpoint_reports_it(daemons):
 
     log = d.get(f"/runs/{run_id}/log?tail=50").json
     assert log["run_id"] == run_id and log["tail"] == 50
-    assert f"stand-in worker" in log["log"] and "quantlens-trigger: worker started" in log["log"]
+    assert "stand-in worker" in log["log"] and "quantlens-trigger: starting " in log["log"]
     last = d.get(f"/runs/{run_id}/log?tail=1").json["log"]
     assert last.count("\n") == 1 and "exited with code 0" in last
 
@@ -229,9 +237,8 @@ def test_500_concurrent_posts_start_exactly_one_run(daemons):
 
 def test_the_run_lock_is_shared_with_the_timer_and_the_cli(daemons):
     d = daemons("sleep 1\nfinish succeeded")
-    d.state.mkdir(parents=True, exist_ok=True)
     # Another starter (the timer's worker, the CLI) holds the lock.
-    with open(d.state / "run.lock", "r+") as held:
+    with os.fdopen(os.open(d.state / "run.lock", os.O_RDWR | os.O_CREAT), "r+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.truncate(0)
         held.write("20261129T060000Z-abcdef\n")
@@ -430,10 +437,11 @@ def test_health_follows_the_last_success(daemons):
     assert r.status == 503, r
     assert r.json["status"] == "no_success" and r.json["last_success"] is None
     assert r.json["error"] == "no run has succeeded yet"
+    assert d.terminate() == 0
 
-    # A success from the timer two days ago: stale.
+    # A success from the timer long ago: stale. (A new daemon, so no cached answer.)
     write_record(d.state, "20200101T000000Z-000001", "succeeded", "2020-01-01T00:00:00Z")
-    time.sleep(1.1)  # the health answer is cached for a second
+    d = daemons(FINISHES, "--max-age", "3600")
     r = d.get("/health")
     assert r.status == 503, r
     assert r.json["status"] == "stale"
@@ -441,7 +449,7 @@ def test_health_follows_the_last_success(daemons):
     assert r.json["max_age_seconds"] == 3600
     assert "more than the 3600 s allowed" in r.json["error"]
 
-    # A new success refreshes it at once, and a run in progress shows.
+    # Our own runs show at once, in progress and when they succeed.
     run_id = d.post().json["run_id"]
     assert d.get("/health").json["running"] == {"run_id": run_id}
     d.wait_run(run_id)
@@ -450,11 +458,30 @@ def test_health_follows_the_last_success(daemons):
     assert r.status == 200, r
     assert r.json["status"] == "ok" and r.json["last_success"]["run_id"] == run_id
     assert 0 <= r.json["last_success"]["age_seconds"] < 3600
+    assert r.json["alerts"] == []
+    assert d.terminate() == 0
+
+    # A unit's OnFailure= hook left a marker: unhealthy until a good run of that unit clears it.
+    alerts = d.state / "alerts"
+    alerts.mkdir()
+    (alerts / "quantlens-backup.service.json").write_text(
+        '{"unit": "quantlens-backup.service", "result": "exit-code", "failed_at": "2026-11-29T03:00:00Z"}')
+    d = daemons(FINISHES, "--max-age", "3600")
+    r = d.get("/health")
+    assert r.status == 503, r
+    assert r.json["status"] == "alert"
+    assert r.json["alerts"][0]["unit"] == "quantlens-backup.service"
+    assert r.json["last_success"]["run_id"] == run_id
+    assert d.terminate() == 0
+    (alerts / "quantlens-backup.service.json").unlink()
+    d = daemons(FINISHES, "--max-age", "3600")
+    assert d.get("/health").status == 200
 
 
 # --- lifecycle: systemd, signals, idle exit ------------------------------------------------------
 
 def test_socket_activation_through_systemd_socket_activate(daemons, tmp_path):
+    assert shutil.which("systemd-socket-activate"), "needs systemd-socket-activate (systemd)"
     worker = standin(tmp_path, 'env > "$RUN_DIR/env.txt"\nfinish succeeded')
     port = free_port()
     d = Daemon(tmp_path, worker, "--idle-exit", "1", listen="127.0.0.1:1", wait_ready=False,
@@ -478,11 +505,12 @@ def test_socket_activation_through_systemd_socket_activate(daemons, tmp_path):
         d.kill()
 
 
-def test_idle_exit_waits_for_requests_and_the_run(daemons):
+def test_idle_exit_waits_for_the_run(daemons):
     d = daemons("sleep 2\nfinish succeeded", "--idle-exit", "0.5")
     run_id = d.post().json["run_id"]
-    # The run outlasts the idle limit several times over: the daemon stays.
-    wait_for(lambda: d.get(f"/runs/{run_id}").json["status"] == "succeeded", 20)
+    # No requests from here on: only the run (2 s, four idle limits) keeps the daemon up.
+    time.sleep(1.5)
+    assert d.proc.poll() is None, f"exited while a run was in progress:\n{d.log()}"
     assert d.wait_exit(30) == 0
     assert "shutting down (idle)" in d.log()
     record = json.loads((d.state / "runs" / run_id / "run.json").read_text())
@@ -530,18 +558,22 @@ def test_sigterm_stops_the_run_and_exits_cleanly(daemons):
         (["--token-file", "/dev/null"], {}, "is empty"),
         (["--token-file", "/etc/hostname"], {"QUANTLENS_TRIGGER_TOKEN": "x"}, "use one"),
         (["--run-timeout", "0"], {}, "must be more than 0 seconds"),
-        (["--listen", "0.0.0.0"], {}, "invalid socket address"),
+        (["--listen", "0.0.0.0"], {}, "is not an address like 127.0.0.1:8787"),
+        (["--idle-exit", "soon"], {}, "--idle-exit: `soon` is not a number of seconds"),
+        (["--verbose"], {}, "unknown option `--verbose`"),
     ],
 )
 def test_configuration_errors_exit_2_before_serving(tmp_path, args, env, message):
-    worker = standin(tmp_path, FINISHES)
+    defaults = {"--worker": str(standin(tmp_path, FINISHES)),
+                "--state-dir": str(tmp_path / "state"), "--listen": "127.0.0.1:0"}
+    argv = [part for flag, value in defaults.items() if flag not in args for part in (flag, value)]
     result = subprocess.run(
-        [str(trigger_binary()), "--worker", str(worker), "--state-dir", str(tmp_path / "state"),
-         "--listen", "127.0.0.1:0", *args],
+        [str(trigger_binary()), *argv, *args],
         env=base_env(**env), capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2, result
     assert message in result.stderr, result.stderr
+    assert "serving on" not in result.stderr
 
 
 def test_a_taken_port_exits_1(daemons, tmp_path):
@@ -568,12 +600,14 @@ def test_help_explains_flags_and_environment():
 
 @pytest.fixture
 def real_worker():
+    """The real `quantlens` binary (tests using it are selected by `-k real_worker`)."""
     binary = worker_binary()
-    assert binary.exists(), f"{binary} not built; run `cargo build -p quantlens` or set QUANTLENS_BIN"
+    assert binary.exists(), (
+        f"{binary} not built; run `cargo build -p quantlens` or set QUANTLENS_BIN")
     return binary
 
 
-def test_end_to_end_with_the_real_worker(daemons, tmp_path, real_worker):
+def test_real_worker_end_to_end(daemons, tmp_path, real_worker):
     data = tmp_path / "data"
     subprocess.run([str(real_worker), "demo", "--symbols", "5", "--days", "30"],
                    env=base_env(DATA_ROOT=data, STATE_DIR=tmp_path / "state"), check=True,
@@ -583,6 +617,7 @@ def test_end_to_end_with_the_real_worker(daemons, tmp_path, real_worker):
     assert r.status == 202, r
     run_id = r.json["run_id"]
     record = d.wait_run(run_id, timeout=600)
+    d.wait_idle()
     log = d.get(f"/runs/{run_id}/log?tail=200").json["log"]
     assert record["status"] == "succeeded", (record, log)
     assert record["trigger"] == "http" and record["exit_code"] == 0
@@ -600,7 +635,6 @@ def test_end_to_end_with_the_real_worker(daemons, tmp_path, real_worker):
 
     # A selection with valid syntax naming no asset: the worker refuses it (exit 2) before
     # writing anything, and the daemon records why.
-    d.wait_idle()
     r = d.post(body={"select": "silver/no_such_asset"})
     assert r.status == 202, r
     record = d.wait_run(r.json["run_id"], timeout=120)
@@ -610,7 +644,8 @@ def test_end_to_end_with_the_real_worker(daemons, tmp_path, real_worker):
     assert d.children() == []
 
 
-def test_the_cli_is_refused_while_an_http_run_holds_the_lock(daemons, tmp_path, real_worker):
+def test_real_worker_cli_is_refused_while_an_http_run_holds_the_lock(daemons, tmp_path,
+                                                                     real_worker):
     d = daemons("sleep 30")
     run_id = d.post().json["run_id"]
     result = subprocess.run(

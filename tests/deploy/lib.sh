@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the deployment tests (sourced).
 # check NAME CMD...: runs CMD, prints "ok - NAME" or "FAIL - NAME" with its output, counts.
 PASSED=${PASSED:-0}

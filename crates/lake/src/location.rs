@@ -117,7 +117,9 @@ mod tests {
         let url = resolve_root("s3://bucket/some/prefix").unwrap();
         assert_eq!(url.as_str(), "s3://bucket/some/prefix/");
         assert!(resolve_root("  ").is_err());
-        let err = Lake::open("s3://bucket/some/prefix").unwrap_err().to_string();
+        let err = Lake::open("s3://bucket/some/prefix")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not supported"), "{err}");
     }
 }

@@ -347,21 +347,27 @@ impl Table {
     pub fn scan(
         &self,
         columns: Option<&[&str]>,
-    ) -> Result<impl futures::Stream<Item = Result<Vec<RecordBatch>, LakeError>> + Send + 'static, LakeError> {
+    ) -> Result<
+        impl futures::Stream<Item = Result<Vec<RecordBatch>, LakeError>> + Send + 'static,
+        LakeError,
+    > {
         let store = self.inner.object_store();
-        let columns: Option<Arc<[String]>> = columns.map(|c| c.iter().map(|s| s.to_string()).collect());
+        let columns: Option<Arc<[String]>> =
+            columns.map(|c| c.iter().map(|s| s.to_string()).collect());
         let key = self.key.clone();
         Ok(futures::stream::iter(self.files()?)
             .map(move |file| {
                 let (key, store, columns) = (key.clone(), store.clone(), columns.clone());
                 async move {
                     let task_key = key.clone();
-                    tokio::spawn(async move { read_parquet(&task_key, store, file, columns.as_deref()).await })
-                        .await
-                        .map_err(|e| LakeError::Task {
-                            table: key,
-                            message: e.to_string(),
-                        })?
+                    tokio::spawn(async move {
+                        read_parquet(&task_key, store, file, columns.as_deref()).await
+                    })
+                    .await
+                    .map_err(|e| LakeError::Task {
+                        table: key,
+                        message: e.to_string(),
+                    })?
                 }
             })
             .buffered(READ_CONCURRENCY))

@@ -33,10 +33,10 @@ use crate::error::{chain, ApiError};
 use crate::health::Health;
 use crate::idempotency::{self, Keys, Seen};
 use crate::server::Activity;
-use crate::supervise::{Runner, Start};
+use crate::supervise::{Runner, Start, StartError};
 
 /// Largest accepted request body. A trigger body is a selection of at most 512 bytes.
-pub const MAX_BODY: usize = 16 * 1024;
+const MAX_BODY: usize = 16 * 1024;
 /// `GET /runs` without `limit`, and the most it may ask for (the worker keeps 200 by default).
 const DEFAULT_RUNS: usize = 20;
 const MAX_RUNS: usize = 1000;
@@ -169,6 +169,11 @@ async fn trigger(
             };
             Ok(json(StatusCode::CONFLICT, &body))
         }
+        Err(StartError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            StartError::ShuttingDown.to_string(),
+        )),
         Err(err) => Err(ApiError::internal(chain(&err))),
     }
 }
@@ -199,14 +204,17 @@ fn parse_trigger_body(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiErr
                 "the body must be JSON, sent with `Content-Type: application/json`",
             ));
         }
-        serde_json::from_slice(body).map_err(|err| {
-            let code = if err.is_data() {
-                "invalid_body"
-            } else {
-                "invalid_json"
-            };
-            ApiError::bad_request(code, format!("invalid request body: {err}"))
-        })?
+        // Through a map first: serde would also accept the struct as an array (`["*"]`).
+        serde_json::from_slice::<serde_json::Map<_, _>>(body)
+            .and_then(|map| serde_json::from_value(map.into()))
+            .map_err(|err| {
+                let code = if err.is_data() {
+                    "invalid_body"
+                } else {
+                    "invalid_json"
+                };
+                ApiError::bad_request(code, format!("invalid request body: {err}"))
+            })?
     };
     let selection = parsed.select.unwrap_or_else(|| "*".to_owned());
     // The selection becomes one argv element of the worker (never a shell string); holding
@@ -425,7 +433,7 @@ mod tests {
             "*"
         );
 
-        let cases: [(&HeaderMap, &[u8], StatusCode); 7] = [
+        let cases: [(&HeaderMap, &[u8], StatusCode); 8] = [
             (
                 &headers(None),
                 br#"{"select":"*"}"#,
@@ -439,6 +447,7 @@ mod tests {
             (&json_ct, b"{", StatusCode::BAD_REQUEST),
             (&json_ct, br#"{"selct": "*"}"#, StatusCode::BAD_REQUEST),
             (&json_ct, br#"{"select": 5}"#, StatusCode::BAD_REQUEST),
+            (&json_ct, br#"["*"]"#, StatusCode::BAD_REQUEST),
             (
                 &json_ct,
                 br#"{"select": "x; rm -rf /"}"#,

@@ -99,6 +99,8 @@ impl IntoResponse for ApiError {
 /// Everything that keeps the daemon from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("{0}\nSee `quantlens-trigger --help`.")]
+    Usage(String),
     #[error("cannot find this program's own path (to locate the worker beside it); pass --worker")]
     OwnExecutable(#[source] io::Error),
     #[error("worker {}: {reason} (set --worker or QUANTLENS_WORKER)", path.display())]
@@ -133,7 +135,8 @@ impl StartupError {
     /// 2 for what the operator configured wrong, 1 for what the machine refused.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::Worker { .. }
+            StartupError::Usage(_)
+            | StartupError::Worker { .. }
             | StartupError::TokenFile { .. }
             | StartupError::EmptyToken { .. }
             | StartupError::TwoTokens

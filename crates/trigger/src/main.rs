@@ -27,20 +27,23 @@ mod testutil;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use crate::config::{Cli, Config};
+use crate::config::Command;
 use crate::error::{chain, StartupError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = Config::from_cli(cli).and_then(|config| {
-        // One thread: the daemon waits on sockets and one child, and every thread costs RSS.
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StartupError::Runtime)?
-            .block_on(server::run(config))
+    let result = config::from_process().and_then(|command| match command {
+        Command::Print(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Command::Run(config) => {
+            // One thread: the daemon waits on sockets and one child, and every thread costs RSS.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(StartupError::Runtime)?
+                .block_on(server::run(config))
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

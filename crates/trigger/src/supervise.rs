@@ -50,6 +50,8 @@ const PASSED_VARS: &[&str] = &[
     "DATA_ROOT",
     "LANDING_DIR",
     "QUANTLENS_KEEP_RUNS",
+    // systemd credentials (LoadCredential=): where object-storage keys will come from.
+    "CREDENTIALS_DIRECTORY",
 ];
 /// ... and by prefix: locale categories, and object-storage credentials for an s3:// DATA_ROOT.
 const PASSED_PREFIXES: &[&str] = &["LC_", "AWS_"];
@@ -75,7 +77,7 @@ pub struct Runner {
     starting: Mutex<()>,
     /// The run this daemon is minding, if any.
     active: watch::Sender<Option<RunId>>,
-    /// Bumped whenever a run ends, so caches of run state know to refresh.
+    /// Bumped whenever one of our runs starts or ends, so caches of run state know to refresh.
     generation: AtomicU64,
     activity: Arc<Activity>,
     shutdown: watch::Receiver<bool>,
@@ -100,6 +102,8 @@ pub enum StartError {
     },
     #[error("cannot write the run record")]
     Record(#[from] RunsError),
+    #[error("the trigger daemon is shutting down; no new run is started")]
+    ShuttingDown,
     #[error("cannot start the worker {} for run {run_id}", path.display())]
     Spawn {
         path: PathBuf,
@@ -126,6 +130,16 @@ struct Ending {
     cause: Cause,
     /// SIGTERM was not enough.
     escalated: bool,
+}
+
+impl Ending {
+    fn new(status: io::Result<ExitStatus>, cause: Cause, escalated: bool) -> Ending {
+        Ending {
+            status: status.map_err(|e| e.to_string()),
+            cause,
+            escalated,
+        }
+    }
 }
 
 impl Runner {
@@ -155,7 +169,7 @@ impl Runner {
         self.active.borrow().clone()
     }
 
-    /// Changes whenever one of our runs ends.
+    /// Changes whenever one of our runs starts or ends.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -171,6 +185,11 @@ impl Runner {
     /// is in progress. Must be called within the Tokio runtime.
     pub fn start(self: &Arc<Self>, selection: &str) -> Result<Start, StartError> {
         let _one_at_a_time = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        // A request on a connection that was open when shutdown began must not start a run that
+        // would be stopped again at once.
+        if *self.shutdown.borrow() {
+            return Err(StartError::ShuttingDown);
+        }
         // Our own run: answer from memory, without touching the file system.
         if let Some(id) = self.active() {
             return Ok(Start::AlreadyRunning(Some(id.to_string())));
@@ -189,6 +208,14 @@ impl Runner {
         let record = RunRecord::new(run_id.clone(), TRIGGER, selection);
         files.write_record(&record)?;
 
+        // Before the spawn: once the worker runs, its own lines may come first.
+        note(
+            &files,
+            &format!(
+                "starting {} materialize --select '{selection}' --run-id {run_id}",
+                self.config.worker.display()
+            ),
+        );
         let (child, pid) = match self.spawn(&files, &lock, selection) {
             Ok(child) => child,
             Err(source) => {
@@ -204,11 +231,14 @@ impl Runner {
         // The worker holds the lock now. Closing our copy, without LOCK_UN, leaves it theirs.
         drop(lock);
         self.active.send_replace(Some(run_id.clone()));
-        note(&files, &format!("worker started, pid {pid}"));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let _ = files.append_event(&serde_json::json!({
             "event": "worker_spawned", "by": "quantlens-trigger", "pid": pid,
         }));
-        tokio::spawn(Arc::clone(self).supervise(child, pid, files));
+        eprintln!(
+            "quantlens-trigger: run {run_id} started (select `{selection}`, worker pid {pid})"
+        );
+        tokio::spawn(Arc::clone(self).supervise(child, pid, files, selection.to_owned()));
         Ok(Start::Started(run_id))
     }
 
@@ -243,12 +273,18 @@ impl Runner {
         Ok((child, pid))
     }
 
-    async fn supervise(self: Arc<Self>, mut child: Child, pid: u32, files: RunFiles) {
+    async fn supervise(
+        self: Arc<Self>,
+        mut child: Child,
+        pid: u32,
+        files: RunFiles,
+        selection: String,
+    ) {
         // The worker leads its own group, so the group id is its pid.
         let group = Pid::from_raw(pid as i32);
         let ending = self.wait(&mut child, group).await;
         self.stop_leftovers(group, &files).await;
-        self.finish(&files, &ending);
+        self.finish(&files, &selection, &ending);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.activity.touch();
         self.active.send_replace(None);
@@ -257,9 +293,7 @@ impl Runner {
     async fn wait(&self, child: &mut Child, group: Pid) -> Ending {
         let mut shutdown = self.shutdown.clone();
         let cause = tokio::select! {
-            status = child.wait() => {
-                return Ending { status: status.map_err(|e| e.to_string()), cause: Cause::Exited, escalated: false };
-            }
+            status = child.wait() => return Ending::new(status, Cause::Exited, false),
             () = tokio::time::sleep(self.config.timeout) => Cause::TimedOut,
             // An error means the sender is gone, i.e. the daemon is going away as well.
             _ = shutdown.wait_for(|stop| *stop) => Cause::Shutdown,
@@ -273,18 +307,14 @@ impl Runner {
                 (child.wait().await, true)
             }
         };
-        Ending {
-            status: status.map_err(|e| e.to_string()),
-            cause,
-            escalated,
-        }
+        Ending::new(status, cause, escalated)
     }
 
     /// Whatever the worker started and left in its group (a helper, a stray `sleep` holding the
     /// inherited lock) goes with it: SIGTERM, then SIGKILL after the grace period. They were
     /// reparented when the worker died, so their reaping is their new parent's business.
     async fn stop_leftovers(&self, group: Pid, files: &RunFiles) {
-        if !group_exists(group) {
+        if !group_alive(group) {
             return;
         }
         note(
@@ -295,7 +325,7 @@ impl Runner {
         let deadline = Instant::now() + self.config.grace;
         while Instant::now() < deadline {
             tokio::time::sleep(GROUP_POLL).await;
-            if !group_exists(group) {
+            if !group_alive(group) {
                 return;
             }
         }
@@ -304,13 +334,13 @@ impl Runner {
     }
 
     /// Writes the ending the worker could not, and notes the exit in the log and events.
-    fn finish(&self, files: &RunFiles, ending: &Ending) {
+    fn finish(&self, files: &RunFiles, selection: &str, ending: &Ending) {
         let record = match files.read_record() {
             Ok(record) => record,
             Err(err) => {
                 // The worker replaced its record with something unreadable, or removed it:
                 // start again from what we know, keeping the reason.
-                let mut record = RunRecord::new(files.run_id().clone(), TRIGGER, "");
+                let mut record = RunRecord::new(files.run_id().clone(), TRIGGER, selection);
                 record.pid = None;
                 record.error = Some(chain(&err));
                 record
@@ -318,7 +348,7 @@ impl Runner {
         };
         let exit = describe_exit(&ending.status);
         let last_line = last_log_line(files);
-        match verdict(
+        let status = match verdict(
             record.status,
             ending,
             &self.config,
@@ -331,9 +361,18 @@ impl Runner {
                     &format!("worker {}; run recorded as {status}", exit.text),
                 );
                 record_ending(files, record, status, exit.code, error);
+                status
             }
-            None => note(files, &format!("worker {}", exit.text)),
-        }
+            None => {
+                note(files, &format!("worker {}", exit.text));
+                record.status
+            }
+        };
+        eprintln!(
+            "quantlens-trigger: run {} {status}; the worker {}",
+            files.run_id(),
+            exit.text
+        );
         let _ = files.append_event(&serde_json::json!({
             "event": "worker_exited",
             "by": "quantlens-trigger",
@@ -452,11 +491,15 @@ fn record_ending(
     }
 }
 
-/// The last non-empty line of `worker.log`, shortened: usually the worker's error message.
+/// The worker's last non-empty line in `worker.log`, shortened: usually its error message.
 fn last_log_line(files: &RunFiles) -> Option<String> {
     const MAX: usize = 300;
     let tail = files.read_log_tail(5).ok()?;
-    let line = tail.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    let line = tail
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with(NOTE_PREFIX))?;
     let mut end = line.len().min(MAX);
     while !line.is_char_boundary(end) {
         end -= 1;
@@ -464,9 +507,12 @@ fn last_log_line(files: &RunFiles) -> Option<String> {
     Some(line[..end].to_owned())
 }
 
+/// Starts the daemon's own lines in worker.log.
+const NOTE_PREFIX: &str = "quantlens-trigger: ";
+
 /// A line in the run's worker.log saying what the daemon did, so the log tells the whole story.
 fn note(files: &RunFiles, message: &str) {
-    let _ = files.append_log(&format!("quantlens-trigger: {message}"));
+    let _ = files.append_log(&format!("{NOTE_PREFIX}{message}"));
 }
 
 fn seconds(d: Duration) -> String {
@@ -478,8 +524,32 @@ fn signal_group(group: Pid, signal: Signal) {
     let _ = killpg(group, signal);
 }
 
-fn group_exists(group: Pid) -> bool {
-    killpg(group, None).is_ok()
+/// Whether a live process is left in `group`. `kill(-group, 0)` alone also counts zombies,
+/// which linger until their new parent reaps them: at once under systemd, but some container
+/// inits reap lazily, and waiting for them would hold the run slot for the whole grace period.
+fn group_alive(group: Pid) -> bool {
+    if killpg(group, None).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        live_member(&stat, group.as_raw())
+    })
+}
+
+/// Parses `/proc/PID/stat` (`pid (comm) state ppid pgrp ...`; comm may hold spaces and
+/// parentheses, hence the last `)`): is this a process of `group` that is not a zombie?
+fn live_member(stat: &str, group: i32) -> bool {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+    pgrp == Some(group) && !matches!(state, Some("Z" | "X"))
 }
 
 /// Runs in the child between fork and exec. Everything above stderr becomes close-on-exec,
@@ -543,11 +613,7 @@ mod tests {
     }
 
     fn ending(raw: i32, cause: Cause, escalated: bool) -> Ending {
-        Ending {
-            status: status(raw),
-            cause,
-            escalated,
-        }
+        Ending::new(Ok(ExitStatus::from_raw(raw)), cause, escalated)
     }
 
     #[test]
@@ -606,6 +672,17 @@ mod tests {
              the worker was killed by signal 9 (SIGKILL)"
         );
         assert_eq!(verdict(RunStatus::Succeeded, &e, &c, &exit, None), None);
+    }
+
+    #[test]
+    fn proc_stat_parsing() {
+        let stat = "4242 (odd) name)) S 1 4240 4240 0 -1 4194560 115 0 0 0";
+        assert!(live_member(stat, 4240));
+        assert!(!live_member(stat, 4242));
+        assert!(!live_member(&stat.replace(" S ", " Z "), 4240));
+        assert!(!live_member("garbage", 4240));
+        // This process is alive and in its own group.
+        assert!(group_alive(nix::unistd::getpgrp()));
     }
 
     #[test]

@@ -47,8 +47,17 @@ fn the_dependency_closure_excludes_the_lake() {
         .filter_map(|line| line.split_whitespace().next())
         .collect();
     // The tree really is the daemon's: these must be in it.
-    for expected in ["quantlens-trigger", "quantlens-runs", "axum", "tokio", "sd-notify"] {
-        assert!(crates.contains(expected), "{expected} missing from:\n{text}");
+    for expected in [
+        "quantlens-trigger",
+        "quantlens-runs",
+        "axum",
+        "tokio",
+        "sd-notify",
+    ] {
+        assert!(
+            crates.contains(expected),
+            "{expected} missing from:\n{text}"
+        );
     }
     let offending: Vec<_> = crates
         .iter()
