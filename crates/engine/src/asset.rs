@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use quantlens_graph::AssetSpec;
 use quantlens_lake::arrow::array::RecordBatch;
 use quantlens_lake::arrow::datatypes::SchemaRef;
-use quantlens_lake::{At, Lake, LakeError, Table, WriteMode};
+use quantlens_lake::{At, Lake, LakeError, Staged, Table, WriteMode};
 
 use crate::{Check, RetryPolicy};
 
@@ -69,9 +69,18 @@ pub struct SideWrite {
     pub mode: WriteMode,
 }
 
+/// What a computation produced for its own table.
+pub enum Output {
+    /// Batches in memory: validated against the schema and checked before the commit.
+    Batches(Vec<RecordBatch>),
+    /// Files already written but not committed, for output too large to hold in memory (see
+    /// `Lake::stage`). The engine commits them; assets that stage cannot have checks.
+    Staged(Staged),
+}
+
 /// Freshly computed output, not yet validated or committed.
 pub struct Materialization {
-    pub batches: Vec<RecordBatch>,
+    pub output: Output,
     pub mode: WriteMode,
     /// Extra commit metadata (e.g. which landing files a bronze append holds).
     pub extra_metadata: serde_json::Map<String, serde_json::Value>,
@@ -81,7 +90,7 @@ pub struct Materialization {
 impl Materialization {
     pub fn overwrite(batches: Vec<RecordBatch>) -> Materialization {
         Materialization {
-            batches,
+            output: Output::Batches(batches),
             mode: WriteMode::Overwrite,
             extra_metadata: Default::default(),
             side_writes: Vec::new(),

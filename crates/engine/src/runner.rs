@@ -11,7 +11,7 @@ use std::time::Instant;
 use chrono::Utc;
 use quantlens_lake::arrow::array::{Array, RecordBatch};
 use quantlens_lake::arrow::datatypes::SchemaRef;
-use quantlens_lake::{At, CommitMetadata, Lake};
+use quantlens_lake::{At, CommitMetadata, Lake, Staged};
 use quantlens_runs::{
     AssetRun, AssetStatus, CheckResult, RunFiles, RunRecord, RunStatus, RunsError,
 };
@@ -19,7 +19,8 @@ use serde_json::json;
 
 use crate::retry::jitter_seed;
 use crate::{
-    freshness, Asset, AssetContext, AssetError, ErrorKind, Materialization, Outcome, Registry,
+    freshness, Asset, AssetContext, AssetError, ErrorKind, Materialization, Outcome, Output,
+    Registry,
 };
 
 pub struct RunOptions {
@@ -100,6 +101,7 @@ pub async fn run(
             log.line(&format!("{position} {key}: attempt {attempt} failed, retrying: {}", err.message));
         })
         .await;
+        release_freed_memory();
         let seconds = started.elapsed().as_secs_f64();
 
         let (status, line) = match &result.status {
@@ -268,39 +270,49 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         Outcome::Materialized(m) => m,
     };
     let Materialization {
-        batches,
+        output,
         mode,
         extra_metadata,
         side_writes,
     } = materialization;
-    check_schema(&context.key, &asset.schema, &batches)?;
-
-    let checks: Vec<CheckResult> = asset
-        .checks
-        .iter()
-        .map(|check| {
-            let (passed, detail) = match (check.run)(&batches) {
-                Ok(detail) => (true, detail),
-                Err(detail) => (false, detail),
-            };
-            CheckResult {
-                name: check.name.clone(),
-                passed,
-                blocking: check.blocking,
-                detail,
+    let (staged, checks) = match output {
+        Output::Batches(batches) => {
+            check_schema(&context.key, &asset.schema, &batches)?;
+            let checks = run_checks(asset, &batches);
+            if let Some(blocking) = checks.iter().find(|c| c.blocking && !c.passed) {
+                return Ok(AssetResult {
+                    status: Done::Failed(format!(
+                        "blocking check `{}` failed: {}; nothing committed",
+                        blocking.name, blocking.detail
+                    )),
+                    attempts: 0,
+                    checks,
+                });
             }
-        })
-        .collect();
-    if let Some(blocking) = checks.iter().find(|c| c.blocking && !c.passed) {
-        return Ok(AssetResult {
-            status: Done::Failed(format!(
-                "blocking check `{}` failed: {}; nothing committed",
-                blocking.name, blocking.detail
-            )),
-            attempts: 0,
-            checks,
-        });
-    }
+            let mut staged = Staged::new(asset.schema.clone());
+            context
+                .lake
+                .stage(&context.key, &mut staged, batches)
+                .await?;
+            (staged, checks)
+        }
+        Output::Staged(staged) => {
+            // Staged output was never in memory as a whole, so checks could not see it.
+            if !asset.checks.is_empty() {
+                return Err(AssetError::data(format!(
+                    "`{}` stages its output, so its checks cannot run; return batches instead",
+                    context.key
+                )));
+            }
+            if staged.schema() != &asset.schema {
+                return Err(AssetError::data(format!(
+                    "`{}` staged files with a schema other than the one it declares",
+                    context.key
+                )));
+            }
+            (staged, Vec::new())
+        }
+    };
 
     let metadata = CommitMetadata {
         run_id: context.run_id.clone(),
@@ -309,10 +321,10 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         upstream: context.upstream.clone(),
         extra: extra_metadata,
     };
-    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let rows = staged.rows();
     let version = context
         .lake
-        .write(&context.key, asset.schema.clone(), batches, mode, &metadata)
+        .commit_staged(&context.key, staged, mode, &metadata)
         .await?;
     for side in side_writes {
         let side_metadata = CommitMetadata {
@@ -335,6 +347,35 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         attempts: 0,
         checks,
     })
+}
+
+/// Hands memory freed by the last asset back to the OS. glibc keeps freed heap in its arenas,
+/// so without this a run's peak RSS is the sum of its assets' peaks rather than the largest.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn run_checks(asset: &Asset, batches: &[RecordBatch]) -> Vec<CheckResult> {
+    asset
+        .checks
+        .iter()
+        .map(|check| {
+            let (passed, detail) = match (check.run)(batches) {
+                Ok(detail) => (true, detail),
+                Err(detail) => (false, detail),
+            };
+            CheckResult {
+                name: check.name.clone(),
+                passed,
+                blocking: check.blocking,
+                detail,
+            }
+        })
+        .collect()
 }
 
 /// Output must match the declared schema column for column; a non-nullable column may hold no nulls.

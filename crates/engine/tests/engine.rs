@@ -321,3 +321,38 @@ async fn commits_carry_lineage_and_selection_limits_the_run() {
         [1, 0]
     );
 }
+
+#[tokio::test]
+async fn staged_output_is_committed_once_and_cannot_carry_checks() {
+    let fx = Fixture::new();
+    let staging = |with_check: bool| {
+        let mut staged_asset = asset("a/staged", &[], constant(&[]));
+        staged_asset.compute = Arc::new(|ctx: AssetContext| {
+            Box::pin(async move {
+                let mut staged = quantlens_lake::Staged::new(schema());
+                // Two pieces, as a producer too large for memory would write them.
+                ctx.lake.stage(&ctx.key, &mut staged, [batch(&[1, 2])]).await?;
+                ctx.lake.stage(&ctx.key, &mut staged, [batch(&[3])]).await?;
+                Ok(Outcome::Materialized(Materialization {
+                    output: quantlens_engine::Output::Staged(staged),
+                    mode: quantlens_lake::WriteMode::Append,
+                    extra_metadata: Default::default(),
+                    side_writes: Vec::new(),
+                }))
+            })
+        });
+        if with_check {
+            staged_asset.checks = vec![Check::blocking("needs_data", |_| Ok("ok".into()))];
+        }
+        staged_asset
+    };
+    let record = fx.run(vec![staging(false)], "*").await;
+    assert_eq!(status(&record, "a/staged"), AssetStatus::Succeeded);
+    assert_eq!(record.assets[0].rows_written, Some(3));
+    assert_eq!(fx.rows("a/staged").await, Some((0, 3)));
+
+    let record = fx.run(vec![staging(true)], "*").await;
+    assert_eq!(status(&record, "a/staged"), AssetStatus::Failed);
+    assert!(record.assets[0].error.as_deref().unwrap().contains("checks cannot run"));
+    assert_eq!(fx.rows("a/staged").await, Some((0, 3)), "nothing new committed");
+}

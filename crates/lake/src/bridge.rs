@@ -83,7 +83,7 @@ pub fn polars_to_batches(
         .map(|n| n.to_string())
         .collect();
     let mut batches = Vec::new();
-    for chunk in df.iter_chunks(CompatLevel::oldest(), false) {
+    for chunk in df.iter_chunks(CompatLevel::newest(), false) {
         let columns = chunk
             .arrays()
             .iter()

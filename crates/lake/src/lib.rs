@@ -17,4 +17,4 @@ pub use bridge::{batches_to_polars, duckdb_to_lake, polars_to_batches};
 pub use error::LakeError;
 pub use files::{FileStore, StoredFile};
 pub use location::{resolve_root, Lake};
-pub use table::{At, Commit, CommitMetadata, Table, TableFile, WriteMode};
+pub use table::{At, Commit, CommitMetadata, Staged, Table, TableFile, WriteMode, SCAN_BATCH_ROWS};

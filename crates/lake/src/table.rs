@@ -19,6 +19,7 @@ use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
@@ -29,8 +30,11 @@ use crate::{Lake, LakeError};
 /// The commitInfo key under which QuantLens records its lineage.
 const METADATA_KEY: &str = "quantlens";
 
-/// Files read at once when scanning a snapshot.
-const READ_CONCURRENCY: usize = 4;
+/// Rows per batch when reading a snapshot.
+pub const SCAN_BATCH_ROWS: usize = 64 * 1024;
+
+/// Decoded batches a scan may hold ahead of its consumer.
+const SCAN_BUFFER_BATCHES: usize = 4;
 
 /// Rows handed to a Parquet writer at a time when a write is split across writers.
 const ROWS_PER_SLICE: usize = 128 * 1024;
@@ -82,6 +86,33 @@ pub struct TableFile {
     pub path: Path,
     pub size: u64,
     pub rows: Option<u64>,
+}
+
+/// Parquet files written for a table but not yet committed.
+#[derive(Debug)]
+pub struct Staged {
+    schema: SchemaRef,
+    adds: Vec<Add>,
+    rows: u64,
+}
+
+impl Staged {
+    pub fn new(schema: SchemaRef) -> Staged {
+        Staged {
+            schema,
+            adds: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
 }
 
 /// A loaded snapshot of one table.
@@ -154,13 +185,42 @@ impl Lake {
         mode: WriteMode,
         metadata: &CommitMetadata,
     ) -> Result<i64, LakeError> {
+        let mut staged = Staged::new(schema);
+        self.stage(key, &mut staged, batches).await?;
+        self.commit_staged(key, staged, mode, metadata).await
+    }
+
+    /// Writes batches as Parquet files of the table for `key` without making them part of any
+    /// version, adding them to `staged`. A producer too large to hold in memory stages its output
+    /// piece by piece and commits once with [`Lake::commit_staged`]; until then readers see
+    /// nothing of it, and a crash leaves only unreferenced files.
+    pub async fn stage(
+        &self,
+        key: &str,
+        staged: &mut Staged,
+        batches: impl IntoIterator<Item = RecordBatch>,
+    ) -> Result<(), LakeError> {
+        let batches: Vec<RecordBatch> = batches.into_iter().collect();
+        staged.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        let adds = self
+            .write_files(key, staged.schema.clone(), batches)
+            .await?;
+        staged.adds.extend(adds);
+        Ok(())
+    }
+
+    /// Commits staged files as one new version of the table for `key` (created with the staged
+    /// schema on first use); an overwrite also removes every file of the current version.
+    pub async fn commit_staged(
+        &self,
+        key: &str,
+        staged: Staged,
+        mode: WriteMode,
+        metadata: &CommitMetadata,
+    ) -> Result<i64, LakeError> {
         let existing = self.load(key, At::Latest).await?;
-        let mut actions: Vec<Action> = self
-            .write_files(key, schema.clone(), batches)
-            .await?
-            .into_iter()
-            .map(Action::Add)
-            .collect();
+        let Staged { schema, adds, .. } = staged;
+        let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         let properties = CommitProperties::default().with_metadata([(
             METADATA_KEY.to_string(),
             serde_json::to_value(metadata).expect("commit metadata serializes"),
@@ -337,40 +397,63 @@ impl Table {
 
     /// Reads the whole snapshot, optionally only some columns, as Arrow batches in file order.
     pub async fn read(&self, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, LakeError> {
-        let per_file: Vec<Vec<RecordBatch>> = self.scan(columns)?.try_collect().await?;
-        Ok(per_file.into_iter().flatten().collect())
+        self.scan(columns)?.try_collect().await
     }
 
-    /// Streams the snapshot file by file, in file order, so a large table can be processed
-    /// without holding all of it. Files are fetched and decoded on their own tasks, a few ahead
-    /// of the consumer, so decoding uses every core.
+    /// Streams the snapshot in batches of at most [`SCAN_BATCH_ROWS`] rows, in file order, so a
+    /// table larger than memory can be processed. A background task fetches each file and decodes
+    /// it on a blocking thread a few batches ahead of the consumer, so decoding and the
+    /// consumer's work overlap while memory stays bounded by the channel.
     pub fn scan(
         &self,
         columns: Option<&[&str]>,
-    ) -> Result<
-        impl futures::Stream<Item = Result<Vec<RecordBatch>, LakeError>> + Send + 'static,
-        LakeError,
-    > {
+    ) -> Result<BoxStream<'static, Result<RecordBatch, LakeError>>, LakeError> {
         let store = self.inner.object_store();
-        let columns: Option<Arc<[String]>> =
+        let columns: Option<Vec<String>> =
             columns.map(|c| c.iter().map(|s| s.to_string()).collect());
+        let files = self.files()?;
         let key = self.key.clone();
-        Ok(futures::stream::iter(self.files()?)
-            .map(move |file| {
-                let (key, store, columns) = (key.clone(), store.clone(), columns.clone());
-                async move {
-                    let task_key = key.clone();
-                    tokio::spawn(async move {
-                        read_parquet(&task_key, store, file, columns.as_deref()).await
+        let (sender, receiver) = tokio::sync::mpsc::channel(SCAN_BUFFER_BATCHES);
+        tokio::spawn(async move {
+            for file in files {
+                let bytes = match fetch(&key, &store, &file).await {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        let _ = sender.send(Err(err)).await;
+                        return;
+                    }
+                };
+                let (decoder_sender, decoder_key, columns) =
+                    (sender.clone(), key.clone(), columns.clone());
+                let decoded = tokio::task::spawn_blocking(move || {
+                    decode(&decoder_key, &file, bytes, columns.as_deref(), |batch| {
+                        decoder_sender.blocking_send(batch).is_ok()
                     })
-                    .await
-                    .map_err(|e| LakeError::Task {
-                        table: key,
-                        message: e.to_string(),
-                    })?
+                })
+                .await;
+                let keep_going = match decoded {
+                    Ok(keep_going) => keep_going,
+                    Err(err) => {
+                        let _ = sender
+                            .send(Err(LakeError::Task {
+                                table: key.clone(),
+                                message: err.to_string(),
+                            }))
+                            .await;
+                        false
+                    }
+                };
+                if !keep_going {
+                    return;
                 }
+            }
+        });
+        Ok(
+            futures::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|item| (item, receiver))
             })
-            .buffered(READ_CONCURRENCY))
+            .boxed(),
+        )
     }
 
     /// Commits newest first, at most `limit` of them.
@@ -415,46 +498,68 @@ impl Table {
     }
 }
 
-async fn read_parquet(
+async fn fetch(
     key: &str,
-    store: Arc<dyn ObjectStore>,
-    file: TableFile,
-    columns: Option<&[String]>,
-) -> Result<Vec<RecordBatch>, LakeError> {
-    let parquet_error = |source| LakeError::Parquet {
-        table: key.to_string(),
-        file: file.path.to_string(),
-        source,
-    };
+    store: &Arc<dyn ObjectStore>,
+    file: &TableFile,
+) -> Result<bytes::Bytes, LakeError> {
     let store_error = |source| LakeError::Store {
         url: format!("{key}/{}", file.path),
         source: Box::new(source),
     };
     // One GET per file: files are written at a bounded size, and a whole-object read is the
     // cheapest access pattern on object storage too.
-    let bytes = store
+    store
         .get(&file.path)
         .await
         .map_err(store_error)?
         .bytes()
         .await
-        .map_err(store_error)?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_error)?;
-    if let Some(columns) = columns {
-        let schema = builder.parquet_schema();
-        let wanted: HashSet<&str> = columns.iter().map(String::as_str).collect();
-        let indices = schema
-            .root_schema()
-            .get_fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, field)| wanted.contains(field.name()))
-            .map(|(i, _)| i);
-        let mask = ProjectionMask::roots(schema, indices);
-        builder = builder.with_projection(mask);
+        .map_err(store_error)
+}
+
+/// Decodes one Parquet file, handing each batch to `deliver`; stops early when it returns false.
+/// Errors are delivered too. Returns whether the consumer still wants more.
+fn decode(
+    key: &str,
+    file: &TableFile,
+    bytes: bytes::Bytes,
+    columns: Option<&[String]>,
+    mut deliver: impl FnMut(Result<RecordBatch, LakeError>) -> bool,
+) -> bool {
+    let parquet_error = |source| LakeError::Parquet {
+        table: key.to_string(),
+        file: file.path.to_string(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|builder| {
+        let builder = builder.with_batch_size(SCAN_BATCH_ROWS);
+        let builder = match columns {
+            Some(columns) => {
+                let wanted: HashSet<&str> = columns.iter().map(String::as_str).collect();
+                let schema = builder.parquet_schema();
+                let indices = schema
+                    .root_schema()
+                    .get_fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, field)| wanted.contains(field.name()))
+                    .map(|(i, _)| i);
+                let mask = ProjectionMask::roots(schema, indices);
+                builder.with_projection(mask)
+            }
+            None => builder,
+        };
+        builder.build()
+    });
+    let reader = match reader {
+        Ok(reader) => reader,
+        Err(err) => return deliver(Err(parquet_error(err))),
+    };
+    for batch in reader {
+        if !deliver(batch.map_err(|e| parquet_error(e.into()))) {
+            return false;
+        }
     }
-    let reader = builder.build().map_err(parquet_error)?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| parquet_error(e.into()))
+    true
 }

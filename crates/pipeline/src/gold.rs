@@ -85,7 +85,9 @@ fn polars_error(err: polars::prelude::PolarsError) -> AssetError {
 }
 
 async fn compute_returns(ctx: AssetContext) -> Result<Outcome, AssetError> {
-    let (schema, batches) = ctx.read_upstream(silver::PRICES, None).await?;
+    let (schema, batches) = ctx
+        .read_upstream(silver::PRICES, Some(&["symbol", "date", "close", "volume"]))
+        .await?;
     let silver = batches_to_polars(&schema, &batches)?;
     drop(batches);
     let window = |size| RollingOptionsFixedWindow {

@@ -82,7 +82,7 @@ struct Candidate {
     volume: i64,
     ingested_at: i64,
     file: u32,
-    line: i64,
+    line: u32,
 }
 
 /// The first validation rule a row breaks, with a human explanation.
@@ -288,46 +288,45 @@ impl RejectsBuilder {
 }
 
 async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
-    // Bronze is the largest table: stream it file by file and keep only the compact candidates.
-    let mut bronze_files = ctx.upstream_table(bronze::PRICES).await?.scan(None)?;
+    // Bronze is the largest table: stream it batch by batch and keep only compact candidates.
+    let bronze = ctx.upstream_table(bronze::PRICES).await?;
+    let mut candidates = Vec::with_capacity(bronze.row_count()? as usize);
+    let mut bronze_batches = bronze.scan(None)?;
     let mut symbols = Interner::default();
     let mut files = Interner::default();
-    let mut candidates = Vec::new();
     let mut rejects = RejectsBuilder::new();
-    while let Some(batches) = bronze_files.try_next().await? {
-        for batch in &batches {
-            let raw: Vec<&StringArray> = HEADER
-                .iter()
-                .map(|name| string_column(batch, name))
-                .collect::<Result<_, _>>()?;
-            let field_count = typed_column::<Int32Array>(batch, "field_count")?;
-            let source_file = string_column(batch, "source_file")?;
-            let source_line = typed_column::<Int64Array>(batch, "source_line")?;
-            let ingested_at = typed_column::<TimestampMicrosecondArray>(batch, "ingested_at")?;
-            for row in 0..batch.num_rows() {
-                let fields: [Option<&str>; 7] =
-                    std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
-                match validate(&fields, field_count.value(row)) {
-                    Ok(valid) => candidates.push(Candidate {
-                        symbol: symbols.id(valid.symbol),
-                        date: valid.date.num_days_from_ce() - UNIX_EPOCH_DAY,
-                        open: valid.prices[0],
-                        high: valid.prices[1],
-                        low: valid.prices[2],
-                        close: valid.prices[3],
-                        volume: valid.volume,
-                        ingested_at: ingested_at.value(row),
-                        file: files.id(source_file.value(row)),
-                        line: source_line.value(row),
-                    }),
-                    Err(broken) => rejects.push(
-                        &fields,
-                        source_file.value(row),
-                        source_line.value(row),
-                        ingested_at.value(row),
-                        broken,
-                    ),
-                }
+    while let Some(batch) = bronze_batches.try_next().await? {
+        let raw: Vec<&StringArray> = HEADER
+            .iter()
+            .map(|name| string_column(&batch, name))
+            .collect::<Result<_, _>>()?;
+        let field_count = typed_column::<Int32Array>(&batch, "field_count")?;
+        let source_file = string_column(&batch, "source_file")?;
+        let source_line = typed_column::<Int64Array>(&batch, "source_line")?;
+        let ingested_at = typed_column::<TimestampMicrosecondArray>(&batch, "ingested_at")?;
+        for row in 0..batch.num_rows() {
+            let fields: [Option<&str>; 7] =
+                std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
+            match validate(&fields, field_count.value(row)) {
+                Ok(valid) => candidates.push(Candidate {
+                    symbol: symbols.id(valid.symbol),
+                    date: valid.date.num_days_from_ce() - UNIX_EPOCH_DAY,
+                    open: valid.prices[0],
+                    high: valid.prices[1],
+                    low: valid.prices[2],
+                    close: valid.prices[3],
+                    volume: valid.volume,
+                    ingested_at: ingested_at.value(row),
+                    file: files.id(source_file.value(row)),
+                    line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
+                }),
+                Err(broken) => rejects.push(
+                    &fields,
+                    source_file.value(row),
+                    source_line.value(row),
+                    ingested_at.value(row),
+                    broken,
+                ),
             }
         }
     }

@@ -171,7 +171,19 @@ pub fn fail(code: i32, error: anyhow::Error) -> Failure {
     }
 }
 
+/// glibc raises its mmap threshold as large blocks are freed, after which big column buffers come
+/// from the heap arenas and stay there: a run's peak RSS becomes the sum of its assets' peaks. A
+/// fixed threshold keeps large buffers in their own mappings, returned to the OS when freed.
+fn keep_large_allocations_returnable() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_allocations_returnable();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
