@@ -331,7 +331,9 @@ async fn staged_output_is_committed_once_and_cannot_carry_checks() {
             Box::pin(async move {
                 let mut staged = quantlens_lake::Staged::new(schema());
                 // Two pieces, as a producer too large for memory would write them.
-                ctx.lake.stage(&ctx.key, &mut staged, [batch(&[1, 2])]).await?;
+                ctx.lake
+                    .stage(&ctx.key, &mut staged, [batch(&[1, 2])])
+                    .await?;
                 ctx.lake.stage(&ctx.key, &mut staged, [batch(&[3])]).await?;
                 Ok(Outcome::Materialized(Materialization {
                     output: quantlens_engine::Output::Staged(staged),
@@ -353,6 +355,14 @@ async fn staged_output_is_committed_once_and_cannot_carry_checks() {
 
     let record = fx.run(vec![staging(true)], "*").await;
     assert_eq!(status(&record, "a/staged"), AssetStatus::Failed);
-    assert!(record.assets[0].error.as_deref().unwrap().contains("checks cannot run"));
-    assert_eq!(fx.rows("a/staged").await, Some((0, 3)), "nothing new committed");
+    assert!(record.assets[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("checks cannot run"));
+    assert_eq!(
+        fx.rows("a/staged").await,
+        Some((0, 3)),
+        "nothing new committed"
+    );
 }

@@ -8,8 +8,11 @@
 //! lets a loser say who is in the way.
 //!
 //! Readers probe with a shared non-blocking lock released at once. A worker
-//! racing such a probe could see a spurious "locked", so acquiring retries
-//! briefly before giving up; a real holder keeps the lock far longer.
+//! racing such a probe could see a spurious "locked", so a refused exclusive
+//! lock is followed by a shared probe of our own, which only an exclusive
+//! holder refuses: if it succeeds a reader was in the way and we try again at
+//! once; if not a run holds the lock and we say so immediately, without
+//! sleeping (the trigger daemon answers requests on this path).
 //!
 //! The lock is released by closing, never by `LOCK_UN`: unlocking acts on the
 //! open file shared with every copy of the descriptor, so a parent dropping
@@ -22,7 +25,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -33,9 +35,9 @@ use crate::{RunId, RunsError, StateDir};
 /// Environment variable through which a parent hands over a held lock.
 pub const LOCK_FD_ENV: &str = "QUANTLENS_LOCK_FD";
 
-/// How often, and how far apart, to retry an exclusive lock that is busy.
-const ACQUIRE_RETRIES: u32 = 25;
-const ACQUIRE_PAUSE: Duration = Duration::from_millis(2);
+/// Retries when only readers' probes were in the way; a probe holds its lock
+/// for microseconds, so a few are plenty.
+const PROBE_RETRIES: u32 = 3;
 
 /// The most of the lock file we read as the holder's id.
 const HOLDER_MAX: usize = 256;
@@ -65,17 +67,18 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| RunsError::io(&path, e))?;
-        let mut attempt = 0;
+        let mut retries = 0;
         loop {
             match flock(&file, LOCK_EX | LOCK_NB) {
                 Ok(()) => break,
-                Err(Errno::EWOULDBLOCK) if attempt < ACQUIRE_RETRIES => {
-                    attempt += 1;
-                    std::thread::sleep(ACQUIRE_PAUSE);
-                }
                 Err(Errno::EWOULDBLOCK) => {
-                    let holder = read_holder(&file).filter(|h| !h.is_empty());
-                    return Err(RunsError::Locked { holder });
+                    let held = exclusively_held(&path).map_err(|e| RunsError::io(&path, e))?;
+                    if held || retries == PROBE_RETRIES {
+                        let holder = read_holder(&file).filter(|h| !h.is_empty());
+                        return Err(RunsError::Locked { holder });
+                    }
+                    retries += 1;
+                    std::thread::yield_now();
                 }
                 Err(errno) => return Err(RunsError::io(path, errno.into())),
             }
@@ -83,6 +86,13 @@ impl RunLock {
         let mut lock = RunLock { file, path };
         lock.set_holder(run_id)?;
         Ok(lock)
+    }
+
+    /// The open lock file, for handing the lock to a child process (which
+    /// then holds it through its copy of the descriptor). Closing this copy
+    /// later does not unlock the child's.
+    pub fn into_file(self) -> File {
+        self.file
     }
 
     /// The lock a parent took and passed as the descriptor number in
@@ -140,6 +150,17 @@ pub(crate) fn probe(state: &StateDir) -> Result<Option<String>, RunsError> {
 pub(crate) fn flock(file: &File, operation: nix::libc::c_int) -> Result<(), Errno> {
     // SAFETY: flock only takes the descriptor number, which `file` keeps open.
     Errno::result(unsafe { nix::libc::flock(file.as_raw_fd(), operation) }).map(drop)
+}
+
+/// Whether some open file holds the lock exclusively: a shared lock is then
+/// refused. The probe is its own open file, released when it closes.
+fn exclusively_held(path: &std::path::Path) -> io::Result<bool> {
+    let probe = File::open(path)?;
+    match flock(&probe, LOCK_SH | LOCK_NB) {
+        Ok(()) => Ok(false),
+        Err(Errno::EWOULDBLOCK) => Ok(true),
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 /// The run id written in the lock file, if it can be read.
@@ -231,6 +252,7 @@ pub(crate) fn adopt_fd(state: &StateDir, fd: RawFd) -> Result<RunLock, RunsError
 #[cfg(test)]
 mod tests {
     use std::process::{Command, Stdio};
+    use std::time::Duration;
     use std::time::Instant;
 
     use super::*;
@@ -483,5 +505,30 @@ mod tests {
         // The number may be reused by a concurrent test; only check that a
         // closed or foreign descriptor is refused, never adopted.
         assert!(adopt_fd(&state, fd).is_err() || fd_is_open(fd));
+    }
+
+    #[test]
+    fn a_readers_probe_alone_does_not_look_like_a_run() {
+        let tmp = TempDir::new();
+        let state = StateDir::new(tmp.path());
+        state.create().unwrap();
+        std::fs::write(state.lock_path(), "old-run\n").unwrap();
+        let reader = File::open(state.lock_path()).unwrap();
+        flock(&reader, LOCK_SH | LOCK_NB).unwrap();
+        // A reader that never lets go (real probes hold it for microseconds) exhausts the
+        // retries: the answer is still "locked", and it comes without sleeping.
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            RunLock::try_acquire(&state, &RunId::parse("new-run").unwrap()),
+            Err(RunsError::Locked { .. })
+        ));
+        assert!(started.elapsed() < Duration::from_millis(50));
+        drop(reader);
+        let lock = RunLock::try_acquire(&state, &RunId::parse("new-run").unwrap()).unwrap();
+        // Handed over as a plain file, it still excludes everyone else.
+        let file = lock.into_file();
+        assert!(RunLock::try_acquire(&state, &RunId::parse("other").unwrap()).is_err());
+        drop(file);
+        assert!(RunLock::try_acquire(&state, &RunId::parse("other").unwrap()).is_ok());
     }
 }

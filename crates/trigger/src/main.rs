@@ -18,7 +18,6 @@ mod error;
 mod health;
 mod idempotency;
 mod listener;
-mod lock;
 mod notify;
 mod server;
 mod supervise;

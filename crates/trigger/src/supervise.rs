@@ -25,14 +25,13 @@ use chrono::Utc;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use quantlens_runs::{
-    exit, RunFiles, RunId, RunRecord, RunStatus, RunsError, StateDir, LOCK_FD_ENV,
+    exit, RunFiles, RunId, RunLock, RunRecord, RunStatus, RunsError, StateDir, LOCK_FD_ENV,
 };
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::chain;
-use crate::lock::{self, Attempt};
 use crate::server::Activity;
 
 /// The trigger recorded in run.json for runs started over HTTP.
@@ -94,12 +93,8 @@ pub enum Start {
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot take the run lock {}", path.display())]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot take the run lock")]
+    Lock(#[source] RunsError),
     #[error("cannot write the run record")]
     Record(#[from] RunsError),
     #[error("the trigger daemon is shutting down; no new run is started")]
@@ -196,13 +191,10 @@ impl Runner {
         }
         let state = &self.config.state;
         let run_id = RunId::generate();
-        let lock_error = |source| StartError::Lock {
-            path: state.lock_path(),
-            source,
-        };
-        let lock = match lock::try_lock(state, &run_id).map_err(lock_error)? {
-            Attempt::Acquired(file) => file,
-            Attempt::Held(holder) => return Ok(Start::AlreadyRunning(holder)),
+        let lock = match RunLock::try_acquire(state, &run_id) {
+            Ok(lock) => lock.into_file(),
+            Err(RunsError::Locked { holder }) => return Ok(Start::AlreadyRunning(holder)),
+            Err(err) => return Err(StartError::Lock(err)),
         };
         let files = state.run_files(&run_id);
         let record = RunRecord::new(run_id.clone(), TRIGGER, selection);
