@@ -71,10 +71,9 @@ pub async fn run(
         if let Some(blocked_by) = asset.spec.deps.iter().find(|d| failed.contains(d.as_str())) {
             failed.insert(key.clone());
             let reason = format!("upstream failed: {blocked_by}");
-            update_asset(&mut record, index, |a| {
-                a.status = AssetStatus::Skipped;
-                a.error = Some(reason.clone());
-            });
+            let entry = &mut record.assets[index];
+            entry.status = AssetStatus::Skipped;
+            entry.error = Some(reason.clone());
             files.write_record(&record)?;
             files
                 .append_event(&json!({"event": "asset_skipped", "asset": key, "reason": reason}))?;
@@ -83,10 +82,9 @@ pub async fn run(
         }
 
         let started = Instant::now();
-        update_asset(&mut record, index, |a| {
-            a.status = AssetStatus::Running;
-            a.started_at = Some(Utc::now());
-        });
+        let entry = &mut record.assets[index];
+        entry.status = AssetStatus::Running;
+        entry.started_at = Some(Utc::now());
         files.write_record(&record)?;
         files.append_event(&json!({"event": "asset_started", "asset": key}))?;
         log.line(&format!("{position} {key}: running"));
@@ -96,7 +94,7 @@ pub async fn run(
         let progress: crate::asset::Progress = Arc::new(move |message: &str| {
             progress_log.line(&format!("{progress_prefix}{message}"))
         });
-        let result = materialize_asset(asset, lake, &record, options.only_stale, progress, &mut |attempt, err| {
+        let result = materialize_asset(asset, lake, record.run_id.as_str(), options.only_stale, progress, &mut |attempt, err| {
             let _ = files.append_event(&json!({"event": "asset_retry", "asset": key, "attempt": attempt, "error": err.message}));
             log.line(&format!("{position} {key}: attempt {attempt} failed, retrying: {}", err.message));
         })
@@ -119,19 +117,18 @@ pub async fn run(
                 (AssetStatus::Failed, format!("FAILED: {message}"))
             }
         };
-        update_asset(&mut record, index, |a| {
-            a.status = status;
-            a.attempts = result.attempts;
-            a.finished_at = Some(Utc::now());
-            a.checks = result.checks.clone();
-            if let Done::Committed { version, rows } = result.status {
-                a.table_version = Some(version);
-                a.rows_written = Some(rows);
-            }
-            if let Done::Failed(message) | Done::Unchanged(message) = &result.status {
-                a.error = Some(message.clone());
-            }
-        });
+        let entry = &mut record.assets[index];
+        entry.status = status;
+        entry.attempts = result.attempts;
+        entry.finished_at = Some(Utc::now());
+        entry.checks = result.checks.clone();
+        if let Done::Committed { version, rows } = result.status {
+            entry.table_version = Some(version);
+            entry.rows_written = Some(rows);
+        }
+        if let Done::Failed(message) | Done::Unchanged(message) = &result.status {
+            entry.error = Some(message.clone());
+        }
         files.write_record(&record)?;
         for check in &result.checks {
             files.append_event(&json!({"event": "check", "asset": key, "check": check}))?;
@@ -176,10 +173,6 @@ pub async fn run(
     Ok(record)
 }
 
-fn update_asset(record: &mut RunRecord, index: usize, change: impl FnOnce(&mut AssetRun)) {
-    change(&mut record.assets[index]);
-}
-
 enum Done {
     Committed { version: i64, rows: u64 },
     Unchanged(String),
@@ -196,7 +189,7 @@ struct AssetResult {
 async fn materialize_asset(
     asset: &Asset,
     lake: &Lake,
-    record: &RunRecord,
+    run_id: &str,
     only_stale: bool,
     progress: crate::asset::Progress,
     on_retry: &mut (dyn FnMut(u32, &AssetError) + Send),
@@ -227,7 +220,7 @@ async fn materialize_asset(
     }
 
     let context = AssetContext {
-        run_id: record.run_id.to_string(),
+        run_id: run_id.to_string(),
         key: key.clone(),
         lake: lake.clone(),
         upstream: upstream.clone(),
