@@ -31,7 +31,7 @@ pub async fn snapshot_query(lake: &Lake, key: &str, at: At) -> Result<Option<Str
     let Some(table) = lake.load(key, at).await? else {
         return Ok(None);
     };
-    let files = table.local_paths()?;
+    let files = table.local_files().await?;
     if !files.is_empty() {
         return Ok(Some(format!(
             "SELECT * FROM read_parquet({})",

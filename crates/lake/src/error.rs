@@ -38,9 +38,6 @@ pub enum LakeError {
         source: Box<object_store::Error>,
     },
 
-    #[error("table `{table}` is stored at {url}, which DuckDB cannot read from local disk")]
-    NotLocal { table: String, url: String },
-
     #[error("converting between Arrow implementations: {0}")]
     Bridge(String),
 

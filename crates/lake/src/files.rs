@@ -29,15 +29,21 @@ impl FileStore {
     /// Opens the directory at `location` (a path or URL; local directories are created).
     pub fn open(location: &str) -> Result<FileStore, LakeError> {
         let url = resolve_root(location)?;
-        let (store, prefix) = object_store::parse_url(&url).map_err(|source| LakeError::Store {
+        let store_error = |source| LakeError::Store {
             url: url.to_string(),
             source: Box::new(source),
-        })?;
-        Ok(FileStore {
-            url,
-            store: Arc::from(store),
-            prefix,
-        })
+        };
+        let (store, prefix): (Arc<dyn ObjectStore>, Path) = if url.scheme() == "s3" {
+            let prefix = Path::from_url_path(url.path()).map_err(|e| store_error(e.into()))?;
+            (
+                Arc::new(crate::storage::s3_store(&url, &Default::default())?),
+                prefix,
+            )
+        } else {
+            let (store, prefix) = object_store::parse_url(&url).map_err(store_error)?;
+            (Arc::from(store), prefix)
+        };
+        Ok(FileStore { url, store, prefix })
     }
 
     pub fn url(&self) -> &Url {

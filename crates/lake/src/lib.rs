@@ -10,6 +10,7 @@ pub mod duck;
 mod error;
 mod files;
 mod location;
+mod storage;
 mod table;
 
 pub use arrow;
@@ -17,4 +18,5 @@ pub use bridge::{batches_to_polars, duckdb_to_lake, polars_to_batches};
 pub use error::LakeError;
 pub use files::{FileStore, StoredFile};
 pub use location::{resolve_root, Lake};
+pub use storage::CREDENTIALS_FILE_ENV;
 pub use table::{At, Commit, CommitMetadata, Staged, Table, TableFile, WriteMode, SCAN_BATCH_ROWS};

@@ -56,15 +56,17 @@ pub struct Lake {
 impl Lake {
     pub fn open(data_root: &str) -> Result<Lake, LakeError> {
         let root = resolve_root(data_root)?;
-        if root.scheme() != "file" {
-            // Object storage needs its store registered and DuckDB a local cache: not built yet.
-            return Err(LakeError::InvalidRoot {
-                root: data_root.to_string(),
-                reason: format!(
-                    "`{}://` storage is not supported by this version; use a local directory",
-                    root.scheme()
-                ),
-            });
+        match root.scheme() {
+            "file" => {}
+            "s3" => crate::storage::register(),
+            other => {
+                return Err(LakeError::InvalidRoot {
+                    root: data_root.to_string(),
+                    reason: format!(
+                        "`{other}://` storage is not supported; use a local directory or s3://"
+                    ),
+                })
+            }
         }
         Ok(Lake {
             root,
@@ -113,13 +115,12 @@ mod tests {
     }
 
     #[test]
-    fn remote_urls_are_kept_but_not_yet_opened_as_lakes() {
+    fn remote_urls_are_kept_and_unknown_schemes_refused() {
         let url = resolve_root("s3://bucket/some/prefix").unwrap();
         assert_eq!(url.as_str(), "s3://bucket/some/prefix/");
         assert!(resolve_root("  ").is_err());
-        let err = Lake::open("s3://bucket/some/prefix")
-            .unwrap_err()
-            .to_string();
+        assert!(!Lake::open("s3://bucket/some/prefix").unwrap().is_local());
+        let err = Lake::open("gs://bucket/x").unwrap_err().to_string();
         assert!(err.contains("not supported"), "{err}");
     }
 }

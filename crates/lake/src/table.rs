@@ -380,19 +380,38 @@ impl Table {
         Ok(self.files()?.iter().filter_map(|f| f.rows).sum())
     }
 
-    /// Absolute local paths of this snapshot's files, for engines (DuckDB) that scan Parquet by path.
-    pub fn local_paths(&self) -> Result<Vec<PathBuf>, LakeError> {
-        let url = self.url();
-        let not_local = || LakeError::NotLocal {
-            table: self.key.clone(),
-            url: url.to_string(),
-        };
-        let root = url.to_file_path().map_err(|()| not_local())?;
-        Ok(self
-            .files()?
-            .into_iter()
-            .map(|file| root.join(file.path.as_ref()))
-            .collect())
+    /// Local paths of this snapshot's files, for engines (DuckDB) that scan Parquet by path. Files
+    /// of a remote table are downloaded into the local cache first (`QUANTLENS_CACHE_DIR`, default
+    /// a `quantlens-cache` folder in the temp directory); data files are immutable and uniquely
+    /// named, so a cached copy never goes stale.
+    pub async fn local_files(&self) -> Result<Vec<PathBuf>, LakeError> {
+        let url = self.url().clone();
+        let files = self.files()?;
+        if let Ok(root) = url.to_file_path() {
+            return Ok(files
+                .into_iter()
+                .map(|f| root.join(f.path.as_ref()))
+                .collect());
+        }
+        let cache = std::env::var_os("QUANTLENS_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("quantlens-cache"))
+            .join(url.host_str().unwrap_or("_"))
+            .join(url.path().trim_matches('/'));
+        let store = self.inner.object_store();
+        let mut paths = Vec::with_capacity(files.len());
+        for file in files {
+            let local = cache.join(file.path.as_ref());
+            if !local.exists() {
+                let bytes = fetch(&self.key, &store, &file).await?;
+                write_atomically(&local, &bytes).map_err(|e| LakeError::InvalidRoot {
+                    root: local.display().to_string(),
+                    reason: format!("cannot write the local cache: {e}"),
+                })?;
+            }
+            paths.push(local);
+        }
+        Ok(paths)
     }
 
     /// Reads the whole snapshot, optionally only some columns, as Arrow batches in file order.
@@ -496,6 +515,14 @@ impl Table {
         let ms = snapshot.version_timestamp(self.version() as u64)?;
         Utc.timestamp_millis_opt(ms).single()
     }
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache files live in a directory");
+    std::fs::create_dir_all(dir)?;
+    let temporary = dir.join(format!(".{}.part", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
 }
 
 async fn fetch(

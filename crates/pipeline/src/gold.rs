@@ -138,7 +138,7 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
         .load(RETURNS, At::Version(version))
         .await?
         .ok_or_else(|| AssetError::data(format!("`{RETURNS}` does not exist")))?;
-    let files = table.local_paths()?;
+    let files = table.local_files().await?;
     if files.is_empty() {
         return Ok(Outcome::Materialized(
             Materialization::overwrite(Vec::new()),

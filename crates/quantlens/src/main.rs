@@ -34,10 +34,11 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Locations {
-    /// Where the Delta tables live: a local directory (or file:// URL).
+    /// Where the Delta tables live: a local directory, or s3://bucket/prefix (endpoint, region and
+    /// keys from the AWS_* variables or the file named by QUANTLENS_S3_CREDENTIALS).
     #[arg(long, env = "DATA_ROOT", default_value = "./data", global = true)]
     data_root: String,
-    /// Where landing CSV files arrive [default: <DATA_ROOT>/landing/prices].
+    /// Where landing CSV files arrive, local or s3:// [default: <DATA_ROOT>/landing/prices].
     #[arg(long, env = "LANDING_DIR", global = true)]
     landing_dir: Option<String>,
     /// Local directory for run records and the run lock.

@@ -124,6 +124,7 @@ Environment:
                            for it: command lines are visible to every user of the machine.
   DATA_ROOT, LANDING_DIR   Not read by the daemon; passed through to the worker.
   PATH HOME LANG LC_* TZ TMPDIR RUST_LOG RUST_BACKTRACE AWS_* QUANTLENS_KEEP_RUNS
+  QUANTLENS_CACHE_DIR QUANTLENS_S3_CREDENTIALS
   CREDENTIALS_DIRECTORY    Also passed through to the worker. Nothing else is: the worker starts
                            with a clean environment (no NOTIFY_SOCKET, LISTEN_*, token).
   LISTEN_FDS, LISTEN_PID   Socket activation: when LISTEN_PID is this process and LISTEN_FDS=1,

@@ -49,7 +49,10 @@ const PASSED_VARS: &[&str] = &[
     "DATA_ROOT",
     "LANDING_DIR",
     "QUANTLENS_KEEP_RUNS",
-    // systemd credentials (LoadCredential=): where object-storage keys will come from.
+    "QUANTLENS_CACHE_DIR",
+    // Object-storage keys for an s3:// DATA_ROOT: a file of KEY=VALUE lines, typically in the
+    // systemd credentials directory (LoadCredential=), so they never sit in the environment.
+    "QUANTLENS_S3_CREDENTIALS",
     "CREDENTIALS_DIRECTORY",
 ];
 /// ... and by prefix: locale categories, and object-storage credentials for an s3:// DATA_ROOT.
