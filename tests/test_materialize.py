@@ -294,3 +294,23 @@ def test_operator_commands(lake):
 
     runs = lake.run("runs").stdout
     assert runs.count("succeeded") == 2
+
+
+def test_a_crash_between_the_bronze_and_ledger_commits_does_not_ingest_twice(lake):
+    summary = lake.demo(symbols=3, days=5)
+    lake.run("materialize", "--select", "bronze/prices")
+    bronze_before = lake.frame("bronze/prices").height
+    # As if the worker died right after the bronze commit: the ledger commit never happened.
+    ledger_log = lake.data / "bronze" / "landing_files" / "_delta_log"
+    for entry in ledger_log.iterdir():
+        entry.unlink()
+    ledger_log.rmdir()
+
+    out = lake.run("materialize", "--select", "bronze/prices")
+    assert "ledger repaired" in out.stdout
+    assert lake.delta("bronze/prices").version() == 0
+    assert lake.frame("bronze/prices").height == bronze_before
+    ledger = lake.frame("bronze/landing_files")
+    ingested = summary["files"] - summary["bad_header_files"]
+    assert ledger.height == ingested
+    assert all(r.startswith("recorded late") for r in ledger["reason"])
