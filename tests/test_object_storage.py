@@ -110,3 +110,119 @@ def test_settings_in_the_credentials_file_win_over_the_environment(lake, s3, tmp
     lake.run("materialize", **env)
     assets = json.loads(lake.run("assets", "--json", **env).stdout)
     assert {a["table"]: a["version"] for a in assets}["gold/market_daily"] == 0
+
+
+# --- backups -----------------------------------------------------------------------------------
+
+TABLES = [
+    "bronze/prices", "bronze/landing_files", "silver/prices",
+    "silver/prices_rejects", "gold/returns", "gold/market_daily",
+]
+BACKUPS = "s3://quantlens-test/backups"
+
+
+def snapshot(lake):
+    """Every table's version and its rows in a canonical order (a content checksum)."""
+    out = {}
+    for key in TABLES:
+        frame = lake.frame(key)
+        out[key] = (lake.delta(key).version(), frame.sort(frame.columns))
+    return out
+
+
+def assert_same(before, after):
+    assert before.keys() == after.keys()
+    for key in before:
+        assert before[key][0] == after[key][0], key
+        assert before[key][1].equals(after[key][1]), key
+
+
+def manifest_paths(manifest):
+    return {(t["key"], f["path"]) for t in manifest["tables"] for f in t["files"]}
+
+
+def test_backup_wipe_restore_and_incremental_backups(lake, s3):
+    import shutil
+    lake.demo(symbols=4, days=30)
+    lake.run("materialize")
+    before = snapshot(lake)
+
+    first = json.loads(lake.run("backup", "--to", BACKUPS, "--json", **s3).stdout)
+    assert first["tables"] == len(TABLES)
+    assert first["files_copied"] == first["files"] > 0
+
+    for key in TABLES:
+        shutil.rmtree(lake.data / key.split("/")[0], ignore_errors=True)
+    lake.run("restore", "--from", BACKUPS, **s3)
+    assert_same(before, snapshot(lake))
+    out = lake.run("restore", "--from", BACKUPS, expect=1, **s3)
+    assert "--force" in out.stderr
+    lake.run("restore", "--from", BACKUPS, "--force", **s3)
+    assert_same(before, snapshot(lake))
+
+    # One more day of landing data; the restored lake takes it.
+    lake.demo(symbols=4, days=31)
+    lake.run("materialize")
+    assert lake.runs()[0]["status"] == "succeeded"
+    second = json.loads(lake.run("backup", "--to", BACKUPS, "--json", **s3).stdout)
+    manifests = json.loads(lake.run("backup", "list", "--to", BACKUPS, "--json", **s3).stdout)
+    assert [m["backup_id"] for m in manifests] == [first["backup_id"], second["backup_id"]]
+    new = manifest_paths(manifests[1]) - manifest_paths(manifests[0])
+    # Only what the new versions added was copied: their log entries and new data files.
+    assert second["files_copied"] == len(new) and 0 < len(new) < second["files"]
+    assert sum(1 for key, path in new if path.startswith("_delta_log/")) == len(TABLES)
+
+    assert "verified" in lake.run("backup", "verify", "--to", BACKUPS, **s3).stdout
+    assert "verified" in lake.run(
+        "backup", "verify", "--to", BACKUPS, "--backup", first["backup_id"], **s3).stdout
+
+    # Retention: keep one; the older backup's files that nothing needs any more are deleted.
+    third = json.loads(lake.run("backup", "--to", BACKUPS, "--keep", "1", "--json", **s3).stdout)
+    assert third["files_copied"] == 0 and third["manifests_deleted"] == 2
+    assert third["files_deleted"] > 0
+    assert "verified" in lake.run("backup", "verify", "--to", BACKUPS, **s3).stdout
+
+
+def test_a_killed_backup_leaves_the_previous_one_restorable(lake, s3, tmp_path):
+    import boto3
+    import signal
+    lake.demo(symbols=150, days=200, seed=4)
+    lake.run("materialize")
+    first = json.loads(lake.run("backup", "--to", BACKUPS, "--json", **s3).stdout)
+    client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def objects():
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket="quantlens-test")
+        return sum(page.get("KeyCount", 0) for page in pages)
+
+    stored = objects()
+    lake.demo(symbols=150, days=201, seed=4)
+    lake.run("materialize")
+    worker = lake.spawn("backup", "--to", BACKUPS, **s3)
+    deadline = time.time() + 120
+    while time.time() < deadline and worker.poll() is None and objects() == stored:
+        time.sleep(0.01)
+    assert worker.poll() is None, "the backup finished before it could be killed"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    assert objects() > stored, "the backup had copied something"
+
+    manifests = json.loads(lake.run("backup", "list", "--to", BACKUPS, "--json", **s3).stdout)
+    assert [m["backup_id"] for m in manifests] == [first["backup_id"]]
+    assert "verified" in lake.run("backup", "verify", "--to", BACKUPS, **s3).stdout
+    fresh = tmp_path / "fresh-lake"
+    lake.run("restore", "--from", BACKUPS, "--to", str(fresh), **s3)
+    from deltalake import DeltaTable
+    assert DeltaTable(str(fresh / "silver/prices")).version() == manifests[0]["tables"][2]["version"]
+
+
+def test_an_unreachable_backup_store_fails_clearly_without_a_manifest(lake, s3):
+    lake.demo(symbols=2, days=3)
+    lake.run("materialize")
+    started = time.time()
+    bad = dict(s3, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    out = lake.run("backup", "--to", BACKUPS, expect=1, **bad)
+    assert time.time() - started < 90
+    assert "127.0.0.1:9" in out.stderr or "connect" in out.stderr.lower()
+    assert json.loads(lake.run("backup", "list", "--to", BACKUPS, "--json", **s3).stdout) == []

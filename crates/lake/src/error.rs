@@ -38,6 +38,9 @@ pub enum LakeError {
         source: Box<object_store::Error>,
     },
 
+    #[error("backup: {0}")]
+    Backup(String),
+
     #[error("converting between Arrow implementations: {0}")]
     Bridge(String),
 

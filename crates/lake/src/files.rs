@@ -104,4 +104,11 @@ impl FileStore {
             .map_err(|e| self.store_error(e))?;
         Ok(())
     }
+
+    pub async fn delete(&self, name: &str) -> Result<(), LakeError> {
+        self.store
+            .delete(&self.path_of(name))
+            .await
+            .map_err(|e| self.store_error(e))
+    }
 }

@@ -5,6 +5,7 @@
 //! (deltalake's), Polars' own arrow, and DuckDB's arrow 60. Everything goes through URLs and
 //! `object_store`, never `std::fs` on table data, so an `s3://` DATA_ROOT can follow.
 
+pub mod backup;
 mod bridge;
 pub mod duck;
 mod error;

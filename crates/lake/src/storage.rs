@@ -45,7 +45,9 @@ pub(crate) fn s3_store(
     url: &Url,
     options: &HashMap<String, String>,
 ) -> Result<object_store::aws::AmazonS3, LakeError> {
-    let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+    let mut builder = AmazonS3Builder::from_env()
+        .with_url(url.as_str())
+        .with_retry(bounded_retries());
     for (key, value) in credentials_from_file()?.iter().chain(options) {
         if let Ok(config) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
             builder = builder.with_config(config, value);
@@ -55,6 +57,16 @@ pub(crate) fn s3_store(
         url: url.to_string(),
         source: Box::new(source),
     })
+}
+
+/// A store that cannot be reached fails within about half a minute, not object_store's default
+/// three minutes of retries: a bad endpoint or credentials should be a prompt, clear error.
+fn bounded_retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(20),
+        ..Default::default()
+    }
 }
 
 struct S3Factory;

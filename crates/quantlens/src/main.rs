@@ -3,6 +3,7 @@
 //! STATE_DIR) with defaults that work from a fresh clone. Exit codes: 0 success, 1 run failed,
 //! 2 usage or configuration error, 75 another run holds the lock.
 
+mod backup;
 mod inspect;
 mod materialize;
 mod output;
@@ -122,6 +123,10 @@ enum Command {
     },
     /// Write deterministic synthetic landing files (with some junk) into LANDING_DIR.
     Demo(DemoArgs),
+    /// Back up every table incrementally (`--to URL`), or `list` / `verify` the backups there.
+    Backup(backup::BackupArgs),
+    /// Restore the tables of a backup into an empty DATA_ROOT (or `--force` over existing ones).
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -225,6 +230,8 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         } => inspect::show(&locations, &asset, version, as_of, limit).await,
         Command::Sql { query } => inspect::sql(&locations, &query).await,
         Command::Demo(args) => demo(&locations, args).await,
+        Command::Backup(args) => backup::run(&locations, args).await,
+        Command::Restore(args) => backup::restore(&locations, args).await,
     }
 }
 

@@ -1,0 +1,171 @@
+//! `quantlens backup` and `quantlens restore`: the lake to and from a backup location (usually
+//! `s3://bucket/prefix`), incrementally, with manifests; see `quantlens_lake::backup`.
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use quantlens_lake::backup::{self, Manifest};
+use quantlens_lake::{FileStore, Lake};
+use quantlens_runs::{exit, RunId, RunLock, RunsError, StateDir};
+
+use crate::output::print_table;
+use crate::{fail, Failure, Locations};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    action: Option<BackupAction>,
+    /// Backup location: a directory URL such as s3://bucket/backups (or a local directory).
+    #[arg(long, env = "QUANTLENS_BACKUP_TO", global = true)]
+    to: Option<String>,
+    /// After backing up, keep only this many backups and delete files no kept one needs.
+    #[arg(long, env = "QUANTLENS_BACKUP_KEEP")]
+    keep: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// List the backups at the location, oldest first.
+    List,
+    /// Reread every file of a backup (the newest by default): present, right size, right checksum.
+    Verify {
+        /// The backup id, as `backup list` shows it.
+        #[arg(long)]
+        backup: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// Backup location, as given to `backup --to`.
+    #[arg(long, env = "QUANTLENS_BACKUP_TO")]
+    from: String,
+    /// The backup id to restore [default: the newest].
+    #[arg(long)]
+    backup: Option<String>,
+    /// Restore into this DATA_ROOT instead of the configured one.
+    #[arg(long)]
+    to: Option<String>,
+    /// Replace tables that already exist in the target.
+    #[arg(long)]
+    force: bool,
+}
+
+fn location(to: &Option<String>) -> Result<FileStore, Failure> {
+    let to = to
+        .as_deref()
+        .ok_or_else(|| anyhow!("no backup location: pass --to URL or set QUANTLENS_BACKUP_TO"))?;
+    Ok(FileStore::open(to)?)
+}
+
+pub async fn run(locations: &Locations, args: BackupArgs) -> Result<i32, Failure> {
+    let store = location(&args.to)?;
+    match args.action {
+        None => {
+            let lake = locations.lake()?;
+            let tables = quantlens_pipeline::registry(&locations.pipeline()?).tables();
+            let report = backup::backup(&lake, &tables, &store, args.keep)
+                .await
+                .map_err(|e| fail(exit::FAILED, e.into()))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "backup {}: {} tables, {} files ({} bytes); copied {} files ({} bytes); \
+                     retention deleted {} backups, {} files",
+                    report.backup_id,
+                    report.tables,
+                    report.files,
+                    report.bytes,
+                    report.files_copied,
+                    report.bytes_copied,
+                    report.manifests_deleted,
+                    report.files_deleted
+                );
+            }
+            Ok(exit::SUCCEEDED)
+        }
+        Some(BackupAction::List) => {
+            let manifests = backup::list(&store).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&manifests)?);
+            } else {
+                print_manifests(&manifests);
+            }
+            Ok(exit::SUCCEEDED)
+        }
+        Some(BackupAction::Verify { backup: id }) => {
+            let manifest = backup::find(&store, id.as_deref()).await?;
+            let problems = backup::verify(&store, &manifest).await?;
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            if problems.is_empty() {
+                println!(
+                    "backup {} verified: every file present with its size and checksum",
+                    manifest.backup_id
+                );
+                Ok(exit::SUCCEEDED)
+            } else {
+                Err(fail(
+                    exit::FAILED,
+                    anyhow!(
+                        "backup {}: {} problem(s)",
+                        manifest.backup_id,
+                        problems.len()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+fn print_manifests(manifests: &[Manifest]) {
+    let rows: Vec<Vec<String>> = manifests
+        .iter()
+        .map(|m| {
+            vec![
+                m.backup_id.clone(),
+                m.created_at.to_rfc3339(),
+                m.tables.len().to_string(),
+                m.bytes().to_string(),
+                m.source.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["backup", "created", "tables", "bytes", "source"], &rows);
+}
+
+pub async fn restore(locations: &Locations, args: RestoreArgs) -> Result<i32, Failure> {
+    let store = FileStore::open(&args.from)?;
+    let lake = Lake::open(args.to.as_deref().unwrap_or(&locations.data_root))?;
+    let manifest = backup::find(&store, args.backup.as_deref()).await?;
+    // No materialisation may write while the tables are being replaced.
+    let state = StateDir::new(&locations.state_dir);
+    let _lock = match RunLock::try_acquire(
+        &state,
+        &RunId::parse(&format!("restore-{}", manifest.backup_id.replace(':', "")))?,
+    ) {
+        Ok(lock) => lock,
+        Err(RunsError::Locked { holder }) => {
+            let holder = holder.unwrap_or_else(|| "(unknown run)".into());
+            return Err(fail(exit::LOCKED, anyhow!("already running {holder}")));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let restored = backup::restore(&store, &manifest, &lake, args.force)
+        .await
+        .map_err(|e| fail(exit::FAILED, e.into()))?;
+    for (key, version) in &restored {
+        println!("restored {key} at version {version}");
+    }
+    println!(
+        "backup {} restored into {}",
+        manifest.backup_id,
+        lake.root()
+    );
+    Ok(exit::SUCCEEDED)
+}
