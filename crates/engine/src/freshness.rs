@@ -1,5 +1,7 @@
 //! Staleness from the tables themselves: an asset is stale when it was never materialised, when its
-//! code version changed, or when an upstream table moved past the version its last commit read.
+//! code version changed, or when an upstream table's data changed after the version its last
+//! commit read (the caller passes each upstream's last data-changing version, so maintenance
+//! commits do not count).
 //! Assets without upstream tables observe the outside world (landing files) and are always stale.
 
 use std::collections::BTreeMap;
@@ -48,7 +50,8 @@ pub fn freshness(
     }
     for (upstream, version) in current_upstream {
         match last.upstream.get(upstream) {
-            Some(read) if read == version => {}
+            // Reading a later version with the same content (after a compaction) is fine too.
+            Some(read) if read >= version => {}
             Some(read) => reasons.push(format!("{upstream} changed (v{read} -> v{version})")),
             None => reasons.push(format!("{upstream} is a new dependency")),
         }
@@ -89,5 +92,7 @@ mod tests {
             ])
         );
         assert!(!freshness("1", Some(&meta("1", &[])), &BTreeMap::new()).is_fresh());
+        // Read after a compaction (v6) whose data was last changed at v4: still fresh.
+        assert!(freshness("1", Some(&meta("1", &[("silver/prices", 6)])), &current).is_fresh());
     }
 }

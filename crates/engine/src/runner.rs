@@ -200,24 +200,23 @@ async fn materialize_asset(
         attempts,
         checks: Vec::new(),
     };
-    let upstream = match upstream_versions(asset, lake).await {
-        Ok(upstream) => upstream,
-        Err(err) => return failed(err.message, 0),
-    };
     if only_stale {
-        match last_commit_metadata(lake, &key).await {
-            Ok(last) => {
-                if freshness(&asset.spec.code_version, last.as_ref(), &upstream).is_fresh() {
-                    return AssetResult {
-                        status: Done::Fresh,
-                        attempts: 0,
-                        checks: Vec::new(),
-                    };
+        match asset_freshness(asset, lake).await {
+            Ok(state) if state.is_fresh() => {
+                return AssetResult {
+                    status: Done::Fresh,
+                    attempts: 0,
+                    checks: Vec::new(),
                 }
             }
+            Ok(_) => {}
             Err(err) => return failed(err.message, 0),
         }
     }
+    let upstream = match upstream_versions(asset, lake, Versions::Latest).await {
+        Ok(upstream) => upstream,
+        Err(err) => return failed(err.message, 0),
+    };
 
     let context = AssetContext {
         run_id: run_id.to_string(),
@@ -414,9 +413,19 @@ fn check_schema(
     Ok(())
 }
 
+/// Which version of an upstream table to name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Versions {
+    /// The latest: what a computation reads.
+    Latest,
+    /// The last that changed data: what staleness compares (maintenance changes none).
+    Content,
+}
+
 async fn upstream_versions(
     asset: &Asset,
     lake: &Lake,
+    which: Versions,
 ) -> Result<BTreeMap<String, i64>, AssetError> {
     let mut versions = BTreeMap::new();
     for dep in &asset.spec.deps {
@@ -426,30 +435,27 @@ async fn upstream_versions(
                 asset.spec.key
             ))
         })?;
-        versions.insert(dep.to_string(), table.version());
+        let version = match which {
+            Versions::Latest => table.version(),
+            Versions::Content => table.content_version().await?,
+        };
+        versions.insert(dep.to_string(), version);
     }
     Ok(versions)
 }
 
 /// Whether `asset` needs to run, judged from the lake as it is now.
 pub async fn asset_freshness(asset: &Asset, lake: &Lake) -> Result<crate::Freshness, AssetError> {
-    let upstream = upstream_versions(asset, lake).await?;
-    let last = last_commit_metadata(lake, asset.spec.key.as_str()).await?;
+    let upstream = upstream_versions(asset, lake, Versions::Content).await?;
+    let lineage = match lake.load(asset.spec.key.as_str(), At::Latest).await? {
+        Some(table) => table.lineage().await?,
+        None => None,
+    };
     Ok(freshness(
         &asset.spec.code_version,
-        last.as_ref(),
+        lineage.as_ref(),
         &upstream,
     ))
-}
-
-async fn last_commit_metadata(
-    lake: &Lake,
-    key: &str,
-) -> Result<Option<CommitMetadata>, AssetError> {
-    let Some(table) = lake.load(key, At::Latest).await? else {
-        return Ok(None);
-    };
-    Ok(table.last_commit().await?.and_then(|c| c.quantlens))
 }
 
 /// Progress lines: stderr always, worker.log unless a supervisor captures stderr there already.

@@ -11,6 +11,7 @@ pub mod duck;
 mod error;
 mod files;
 mod location;
+pub mod maintain;
 mod storage;
 mod table;
 

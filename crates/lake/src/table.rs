@@ -28,7 +28,11 @@ use crate::error::delta;
 use crate::{Lake, LakeError};
 
 /// The commitInfo key under which QuantLens records its lineage.
-const METADATA_KEY: &str = "quantlens";
+pub(crate) const METADATA_KEY: &str = "quantlens";
+
+/// Commits looked at to find the latest lineage: a maintenance run adds at most a compaction
+/// (which carries it) and the two vacuum commits (which do not).
+const LINEAGE_LOOKBACK: usize = 8;
 
 /// Rows per batch when reading a snapshot.
 pub const SCAN_BATCH_ROWS: usize = 64 * 1024;
@@ -113,12 +117,16 @@ impl Staged {
     pub fn rows(&self) -> u64 {
         self.rows
     }
+
+    pub(crate) fn into_adds(self) -> Vec<Add> {
+        self.adds
+    }
 }
 
 /// A loaded snapshot of one table.
 pub struct Table {
     key: String,
-    inner: DeltaTable,
+    pub(crate) inner: DeltaTable,
 }
 
 impl Lake {
@@ -504,9 +512,27 @@ impl Table {
             .collect())
     }
 
-    /// The newest commit, with its QuantLens metadata if QuantLens wrote it.
-    pub async fn last_commit(&self) -> Result<Option<Commit>, LakeError> {
-        Ok(self.history(Some(1)).await?.into_iter().next())
+    /// The lineage of the newest commit QuantLens wrote: what the table's content was computed
+    /// from. Maintenance commits that change no data (a vacuum's) carry none and are skipped; a
+    /// compaction carries the lineage of the data it rewrote.
+    pub async fn lineage(&self) -> Result<Option<CommitMetadata>, LakeError> {
+        Ok(self
+            .history(Some(LINEAGE_LOOKBACK))
+            .await?
+            .into_iter()
+            .find_map(|commit| commit.quantlens))
+    }
+
+    /// The newest version whose commit changed data: maintenance commits (compaction, vacuum)
+    /// rewrite or delete files without changing what the table holds.
+    pub async fn content_version(&self) -> Result<i64, LakeError> {
+        const NO_DATA_CHANGE: [&str; 3] = ["OPTIMIZE", "VACUUM START", "VACUUM END"];
+        Ok(self
+            .history(Some(LINEAGE_LOOKBACK))
+            .await?
+            .into_iter()
+            .find(|commit| !NO_DATA_CHANGE.contains(&commit.operation.as_str()))
+            .map_or(self.version(), |commit| commit.version))
     }
 
     /// The commit timestamp of this snapshot's version.

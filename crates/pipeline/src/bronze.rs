@@ -238,9 +238,9 @@ async fn known_deliveries(
     }
     let mut recovered = Vec::new();
     if let Some(prices) = lake.load(PRICES, At::Latest).await? {
-        let last = prices.last_commit().await?;
-        let files = last
-            .and_then(|c| c.quantlens)
+        let files = prices
+            .lineage()
+            .await?
             .and_then(|m| m.extra.get("files").cloned())
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default();

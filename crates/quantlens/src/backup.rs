@@ -5,10 +5,10 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use quantlens_lake::backup::{self, Manifest};
 use quantlens_lake::{FileStore, Lake};
-use quantlens_runs::{exit, RunId, RunLock, RunsError, StateDir};
+use quantlens_runs::{exit, RunId, StateDir};
 
 use crate::output::print_table;
-use crate::{fail, Failure, Locations};
+use crate::{fail, take_run_lock, Failure, Locations};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -144,18 +144,8 @@ pub async fn restore(locations: &Locations, args: RestoreArgs) -> Result<i32, Fa
     let lake = Lake::open(args.to.as_deref().unwrap_or(&locations.data_root))?;
     let manifest = backup::find(&store, args.backup.as_deref()).await?;
     // No materialisation may write while the tables are being replaced.
-    let state = StateDir::new(&locations.state_dir);
-    let _lock = match RunLock::try_acquire(
-        &state,
-        &RunId::parse(&format!("restore-{}", manifest.backup_id.replace(':', "")))?,
-    ) {
-        Ok(lock) => lock,
-        Err(RunsError::Locked { holder }) => {
-            let holder = holder.unwrap_or_else(|| "(unknown run)".into());
-            return Err(fail(exit::LOCKED, anyhow!("already running {holder}")));
-        }
-        Err(err) => return Err(err.into()),
-    };
+    let holder = RunId::parse(&format!("restore-{}", manifest.backup_id))?;
+    let _lock = take_run_lock(&StateDir::new(&locations.state_dir), &holder)?;
     let restored = backup::restore(&store, &manifest, &lake, args.force)
         .await
         .map_err(|e| fail(exit::FAILED, e.into()))?;

@@ -5,6 +5,7 @@
 
 mod backup;
 mod inspect;
+mod maintain;
 mod materialize;
 mod output;
 
@@ -127,6 +128,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore the tables of a backup into an empty DATA_ROOT (or `--force` over existing ones).
     Restore(backup::RestoreArgs),
+    /// Compact small files, write checkpoints and vacuum old files, for every table.
+    Maintain(maintain::MaintainArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -167,6 +170,25 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             code: exit::USAGE as u8,
             error: error.into(),
         }
+    }
+}
+
+/// Takes the run lock for a command that writes to the lake, or fails with exit code 75 naming
+/// the run that holds it.
+pub fn take_run_lock(
+    state: &quantlens_runs::StateDir,
+    holder: &quantlens_runs::RunId,
+) -> Result<quantlens_runs::RunLock, Failure> {
+    match quantlens_runs::RunLock::try_acquire(state, holder) {
+        Ok(lock) => Ok(lock),
+        Err(quantlens_runs::RunsError::Locked { holder }) => {
+            let holder = holder.unwrap_or_else(|| "(unknown run)".into());
+            Err(fail(
+                exit::LOCKED,
+                anyhow::anyhow!("already running {holder}"),
+            ))
+        }
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -232,6 +254,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Demo(args) => demo(&locations, args).await,
         Command::Backup(args) => backup::run(&locations, args).await,
         Command::Restore(args) => backup::restore(&locations, args).await,
+        Command::Maintain(args) => maintain::run(&locations, args).await,
     }
 }
 

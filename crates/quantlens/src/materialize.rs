@@ -7,12 +7,10 @@ use quantlens_engine::RunOptions;
 use quantlens_lake::FileStore;
 use quantlens_pipeline::demo::{write_demo, DemoOptions};
 use quantlens_pipeline::landing::is_candidate;
-use quantlens_runs::{
-    exit, RunId, RunLock, RunRecord, RunStatus, RunsError, StateDir, DEFAULT_RETENTION,
-};
+use quantlens_runs::{exit, RunId, RunLock, RunRecord, RunStatus, StateDir, DEFAULT_RETENTION};
 
 use crate::output::print_table;
-use crate::{fail, Failure, Locations};
+use crate::{fail, take_run_lock, Failure, Locations};
 
 #[derive(Args)]
 pub struct MaterializeArgs {
@@ -59,16 +57,7 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
 
     let mut lock = match inherited {
         Some(lock) => lock,
-        None => match RunLock::try_acquire(&state, &run_id) {
-            Ok(lock) => lock,
-            Err(RunsError::Locked { holder }) => {
-                let holder = holder
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or_else(|| "(unknown run)".into());
-                return Err(fail(exit::LOCKED, anyhow!("already running {holder}")));
-            }
-            Err(err) => return Err(err.into()),
-        },
+        None => take_run_lock(&state, &run_id)?,
     };
     lock.set_holder(&run_id)?;
 
