@@ -107,6 +107,16 @@ fn log_files_up_to(files: &[crate::StoredFile], version: i64) -> Vec<&crate::Sto
         .collect()
 }
 
+/// Every file stored at the backup location, by name, with its size.
+async fn sizes(backup: &FileStore) -> Result<HashMap<String, u64>, LakeError> {
+    Ok(backup
+        .list()
+        .await?
+        .into_iter()
+        .map(|f| (f.name, f.size))
+        .collect())
+}
+
 /// Reads every manifest of a backup location, oldest first.
 pub async fn list(backup: &FileStore) -> Result<Vec<Manifest>, LakeError> {
     let mut manifests = Vec::new();
@@ -149,12 +159,7 @@ pub async fn backup(
     backup: &FileStore,
     keep: Option<usize>,
 ) -> Result<BackupReport, LakeError> {
-    let already: HashMap<String, u64> = backup
-        .list()
-        .await?
-        .into_iter()
-        .map(|f| (f.name, f.size))
-        .collect();
+    let already = sizes(backup).await?;
     let known_sums: HashMap<String, String> = list(backup)
         .await?
         .iter()
@@ -260,12 +265,7 @@ async fn apply_retention(backup: &FileStore, keep: usize) -> Result<(usize, usiz
 
 /// Problems found when rereading a backup's files: missing, wrong size or wrong checksum.
 pub async fn verify(backup: &FileStore, manifest: &Manifest) -> Result<Vec<String>, LakeError> {
-    let present: HashMap<String, u64> = backup
-        .list()
-        .await?
-        .into_iter()
-        .map(|f| (f.name, f.size))
-        .collect();
+    let present = sizes(backup).await?;
     let mut problems = Vec::new();
     for table in &manifest.tables {
         for file in &table.files {
