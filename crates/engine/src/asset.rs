@@ -117,6 +117,8 @@ pub struct AssetContext {
     pub lake: Lake,
     /// The version of each upstream table, pinned when the asset started.
     pub upstream: BTreeMap<String, i64>,
+    /// Rebuild from scratch rather than update incrementally (`--full-refresh`).
+    pub full_refresh: bool,
     pub progress: Progress,
 }
 
@@ -160,6 +162,8 @@ pub struct Asset {
     pub spec: AssetSpec,
     /// The output every materialisation must match, column for column.
     pub schema: SchemaRef,
+    /// The columns its table is partitioned by (empty: not partitioned).
+    pub partition_by: Vec<String>,
     pub checks: Vec<Check>,
     pub retry: RetryPolicy,
     /// Tables written as side writes, listed so that readers (`sql`, `assets`) know them.

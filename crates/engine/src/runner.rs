@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub selected: Vec<String>,
     /// Skip assets whose tables are already fresh.
     pub only_stale: bool,
+    /// Ask every asset to rebuild its table from scratch instead of updating it incrementally.
+    pub full_refresh: bool,
     /// Also copy progress lines into worker.log (off when a supervisor redirects stderr there).
     pub log_to_file: bool,
 }
@@ -94,7 +96,7 @@ pub async fn run(
         let progress: crate::asset::Progress = Arc::new(move |message: &str| {
             progress_log.line(&format!("{progress_prefix}{message}"))
         });
-        let result = materialize_asset(asset, lake, record.run_id.as_str(), options.only_stale, progress, &mut |attempt, err| {
+        let result = materialize_asset(asset, lake, record.run_id.as_str(), options, progress, &mut |attempt, err| {
             let _ = files.append_event(&json!({"event": "asset_retry", "asset": key, "attempt": attempt, "error": err.message}));
             log.line(&format!("{position} {key}: attempt {attempt} failed, retrying: {}", err.message));
         })
@@ -190,7 +192,7 @@ async fn materialize_asset(
     asset: &Asset,
     lake: &Lake,
     run_id: &str,
-    only_stale: bool,
+    options: &RunOptions,
     progress: crate::asset::Progress,
     on_retry: &mut (dyn FnMut(u32, &AssetError) + Send),
 ) -> AssetResult {
@@ -200,7 +202,7 @@ async fn materialize_asset(
         attempts,
         checks: Vec::new(),
     };
-    if only_stale {
+    if options.only_stale {
         match asset_freshness(asset, lake).await {
             Ok(state) if state.is_fresh() => {
                 return AssetResult {
@@ -223,6 +225,7 @@ async fn materialize_asset(
         key: key.clone(),
         lake: lake.clone(),
         upstream: upstream.clone(),
+        full_refresh: options.full_refresh,
         progress,
     };
     let mut seed = jitter_seed();
@@ -281,7 +284,7 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
                     checks,
                 });
             }
-            let mut staged = Staged::new(asset.schema.clone());
+            let mut staged = Staged::partitioned(asset.schema.clone(), asset.partition_by.clone());
             context
                 .lake
                 .stage(&context.key, &mut staged, batches)

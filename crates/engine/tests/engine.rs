@@ -35,6 +35,7 @@ fn asset(key: &str, deps: &[&str], compute: Compute) -> Asset {
             description: String::new(),
         },
         schema: schema(),
+        partition_by: Vec::new(),
         checks: Vec::new(),
         retry: RetryPolicy {
             max_attempts: 3,
@@ -90,6 +91,7 @@ impl Fixture {
         let options = RunOptions {
             selected,
             only_stale: false,
+            full_refresh: false,
             log_to_file: true,
         };
         let finished = run(&registry, &self.lake, &files, record, &options)

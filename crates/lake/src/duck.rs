@@ -1,6 +1,7 @@
 //! DuckDB over lake snapshots. DuckDB has no offline Delta reader, so a snapshot is shown to it as
 //! `read_parquet([...])` over exactly the files deltalake says are live at that version. The lake
-//! has no partition columns and no deletion vectors, so the files hold every column and row.
+//! writes no deletion vectors, so the files hold every row; partition columns are not in the files
+//! but in their `column=value` directory names, which DuckDB's hive partitioning reads back.
 
 use std::path::PathBuf;
 
@@ -32,13 +33,26 @@ pub async fn snapshot_query(lake: &Lake, key: &str, at: At) -> Result<Option<Str
         return Ok(None);
     };
     let files = table.local_files().await?;
+    let schema = table.arrow_schema()?;
     if !files.is_empty() {
+        let partitions = table.partition_columns()?;
+        if partitions.is_empty() {
+            return Ok(Some(format!(
+                "SELECT * FROM read_parquet({})",
+                parquet_list(&files)
+            )));
+        }
+        let types: Vec<String> = partitions
+            .iter()
+            .filter_map(|c| schema.field_with_name(c).ok())
+            .map(|f| format!("'{}': {}", f.name(), duckdb_type(f.data_type())))
+            .collect();
         return Ok(Some(format!(
-            "SELECT * FROM read_parquet({})",
-            parquet_list(&files)
+            "SELECT * FROM read_parquet({}, hive_partitioning = true, hive_types = {{{}}})",
+            parquet_list(&files),
+            types.join(", ")
         )));
     }
-    let schema = table.arrow_schema()?;
     let columns: Vec<String> = schema
         .fields()
         .iter()

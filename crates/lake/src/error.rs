@@ -38,6 +38,9 @@ pub enum LakeError {
         source: Box<object_store::Error>,
     },
 
+    #[error("table `{table}`: partition replace refused: {reason}")]
+    InvalidReplace { table: String, reason: String },
+
     #[error("backup: {0}")]
     Backup(String),
 

@@ -10,11 +10,13 @@ use url::Url;
 
 use crate::{resolve_root, LakeError};
 
-/// One file found in a directory: its name relative to the directory, and its size.
+/// One file found in a directory: its name relative to the directory, its size, and when it was
+/// last written.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StoredFile {
     pub name: String,
     pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// A directory of plain files.
@@ -80,6 +82,7 @@ impl FileStore {
                     })
                     .unwrap_or_else(|| meta.location.to_string()),
                 size: meta.size,
+                modified: meta.last_modified,
             })
             .try_collect()
             .await

@@ -1,8 +1,10 @@
 //! Weekly table maintenance: compaction, checkpoint, vacuum. Daily appends leave one small file
-//! per run and a growing log; compaction rewrites a table's small files into few large ones (one
+//! per run and a growing log; compaction rewrites each partition's small files into few large ones (one
 //! `OPTIMIZE` commit with `dataChange=false`, carrying the previous commit's lineage metadata so
 //! the asset does not turn stale), a checkpoint keeps table open time flat, and vacuum deletes the
 //! files no version within the retention period references (time travel stops there).
+
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::Duration;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -13,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::delta;
 use crate::table::METADATA_KEY;
-use crate::{At, Lake, LakeError, Staged};
+use crate::{At, Lake, LakeError, Staged, Table, TableFile};
 
 /// Rows handed to the writers at a time while compacting, to bound memory.
 const COMPACTION_CHUNK_ROWS: usize = 1 << 20;
@@ -40,16 +42,8 @@ pub async fn maintain(
     let Some(table) = lake.load(key, At::Latest).await? else {
         return Ok(None);
     };
-    let files_before = table.files()?;
-    let small = files_before
-        .iter()
-        .filter(|f| f.size < small_file_bytes)
-        .count();
-    let compacted_version = if small > 1 {
-        Some(compact(lake, key).await?)
-    } else {
-        None
-    };
+    let files_before = table.files()?.len();
+    let compacted_version = compact(lake, &table, small_file_bytes).await?;
 
     let table = lake
         .load(key, At::Latest)
@@ -68,7 +62,7 @@ pub async fn maintain(
         .map_err(delta(key))?;
     Ok(Some(MaintenanceReport {
         table: key.to_string(),
-        files_before: files_before.len(),
+        files_before,
         files_after: table.files()?.len(),
         compacted_version,
         checkpoint_version: table.version(),
@@ -76,17 +70,36 @@ pub async fn maintain(
     }))
 }
 
-/// Rewrites every file of the table into as few as the writers make, in one commit that changes
-/// no data.
-async fn compact(lake: &Lake, key: &str) -> Result<i64, LakeError> {
-    let table = lake
-        .load(key, At::Latest)
-        .await?
-        .expect("compact is called on an existing table");
-    let mut staged = Staged::new(table.arrow_schema()?);
+/// Rewrites the small files of each partition that has more than one into as few as the writers
+/// make, in one commit that changes no data; `None` when no partition needed it. Partitions are
+/// compacted separately so that a partition replace keeps touching only its own files.
+async fn compact(
+    lake: &Lake,
+    table: &Table,
+    small_file_bytes: u64,
+) -> Result<Option<i64>, LakeError> {
+    let key = table.key();
+    let mut partitions: BTreeMap<_, Vec<TableFile>> = BTreeMap::new();
+    for file in table.files()? {
+        if file.size < small_file_bytes {
+            partitions
+                .entry(file.partition.clone())
+                .or_default()
+                .push(file);
+        }
+    }
+    let rewritten: Vec<TableFile> = partitions
+        .into_values()
+        .filter(|files| files.len() > 1)
+        .flatten()
+        .collect();
+    if rewritten.is_empty() {
+        return Ok(None);
+    }
+    let mut staged = Staged::partitioned(table.arrow_schema()?, table.partition_columns()?);
     let mut chunk = Vec::new();
     let mut rows = 0;
-    let mut batches = table.scan(None)?;
+    let mut batches = table.scan_files(rewritten.clone(), None)?;
     while let Some(batch) = batches.try_next().await? {
         rows += batch.num_rows();
         chunk.push(batch);
@@ -99,6 +112,7 @@ async fn compact(lake: &Lake, key: &str) -> Result<i64, LakeError> {
     lake.stage(key, &mut staged, chunk).await?;
 
     let snapshot = table.inner.snapshot().map_err(delta(key))?;
+    let rewritten_paths: HashSet<&str> = rewritten.iter().map(|f| f.path.as_ref()).collect();
     let mut actions: Vec<Action> = staged
         .into_adds()
         .into_iter()
@@ -111,6 +125,7 @@ async fn compact(lake: &Lake, key: &str) -> Result<i64, LakeError> {
         snapshot
             .log_data()
             .into_iter()
+            .filter(|file| rewritten_paths.contains(file.object_store_path().as_ref()))
             .map(|file| Action::Remove(file.remove_action(false))),
     );
     // Same data, same lineage: keep the last commit's metadata so freshness is unchanged.
@@ -132,5 +147,5 @@ async fn compact(lake: &Lake, key: &str) -> Result<i64, LakeError> {
         )
         .await
         .map_err(delta(key))?;
-    Ok(finalized.version() as i64)
+    Ok(Some(finalized.version() as i64))
 }

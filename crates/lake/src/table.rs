@@ -4,16 +4,16 @@
 //! visible (plus the removes of an overwrite) is ours, so a crash before it leaves the table at its
 //! previous version with nothing but unreferenced files behind.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use chrono::{DateTime, TimeZone, Utc};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, StructType};
+use deltalake::kernel::{new_metadata, Action, Add, MetadataExt, StructType};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -54,12 +54,18 @@ pub enum At {
     Timestamp(DateTime<Utc>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteMode {
     /// Add the batches to what the table holds.
     Append,
-    /// Replace everything the table holds with the batches.
+    /// Replace everything the table holds with the batches; the table takes the staged schema and
+    /// partitioning (so a full refresh can change a table's layout).
     Overwrite,
+    /// Replace exactly these partitions (values of the table's one partition column) with the
+    /// staged files, in one commit: Delta's replaceWhere on a partition predicate. The commit is
+    /// refused unless every staged file falls in the set and every partition in the set gets
+    /// files, so a wrong predicate can neither delete a partition nor overwrite the table.
+    ReplacePartitions(BTreeSet<String>),
 }
 
 /// What every QuantLens commit records about itself, so lineage and staleness come from the tables.
@@ -90,23 +96,44 @@ pub struct TableFile {
     pub path: Path,
     pub size: u64,
     pub rows: Option<u64>,
+    /// The file's value of each partition column (Delta keeps them in the log, not in the file).
+    pub partition: BTreeMap<String, Option<String>>,
+}
+
+impl TableFile {
+    /// The file's value of the partition column `column`, if it has one.
+    pub fn partition_value(&self, column: &str) -> Option<&str> {
+        self.partition.get(column).and_then(|v| v.as_deref())
+    }
 }
 
 /// Parquet files written for a table but not yet committed.
 #[derive(Debug)]
 pub struct Staged {
     schema: SchemaRef,
+    partition_columns: Vec<String>,
     adds: Vec<Add>,
     rows: u64,
 }
 
 impl Staged {
     pub fn new(schema: SchemaRef) -> Staged {
+        Staged::partitioned(schema, Vec::new())
+    }
+
+    /// Files for a table partitioned by `partition_columns` (columns of `schema`): each written
+    /// batch is split by their values, one directory per partition.
+    pub fn partitioned(schema: SchemaRef, partition_columns: Vec<String>) -> Staged {
         Staged {
             schema,
+            partition_columns,
             adds: Vec::new(),
             rows: 0,
         }
+    }
+
+    pub fn partition_columns(&self) -> &[String] {
+        &self.partition_columns
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -211,7 +238,12 @@ impl Lake {
         let batches: Vec<RecordBatch> = batches.into_iter().collect();
         staged.rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         let adds = self
-            .write_files(key, staged.schema.clone(), batches)
+            .write_files(
+                key,
+                staged.schema.clone(),
+                &staged.partition_columns,
+                batches,
+            )
             .await?;
         staged.adds.extend(adds);
         Ok(())
@@ -227,7 +259,20 @@ impl Lake {
         metadata: &CommitMetadata,
     ) -> Result<i64, LakeError> {
         let existing = self.load(key, At::Latest).await?;
-        let Staged { schema, adds, .. } = staged;
+        let Staged {
+            schema,
+            partition_columns,
+            adds,
+            ..
+        } = staged;
+        if let WriteMode::ReplacePartitions(replaced) = &mode {
+            validate_replace(key, &partition_columns, replaced, &adds)?;
+        }
+        let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
+            delta(key)(DeltaTableError::Generic(format!(
+                "schema not supported by Delta: {e}"
+            )))
+        })?;
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
         let properties = CommitProperties::default().with_metadata([(
             METADATA_KEY.to_string(),
@@ -235,15 +280,11 @@ impl Lake {
         )]);
 
         let Some(table) = existing else {
-            let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-                delta(key)(DeltaTableError::Generic(format!(
-                    "schema not supported by Delta: {e}"
-                )))
-            })?;
             let created = deltalake::operations::create::CreateBuilder::new()
                 .with_location(self.table_url(key).as_str())
                 .with_storage_options(self.storage_options().clone())
                 .with_columns(columns.fields().cloned())
+                .with_partition_columns(partition_columns)
                 .with_actions(actions)
                 .with_commit_properties(properties)
                 .await
@@ -251,34 +292,119 @@ impl Lake {
             return Ok(created.version().unwrap_or(0) as i64);
         };
 
-        if mode == WriteMode::Overwrite {
-            let snapshot = table.inner.snapshot().map_err(delta(key))?;
-            actions.extend(
-                snapshot
-                    .log_data()
-                    .into_iter()
-                    .map(|file| Action::Remove(file.remove_action(true))),
-            );
+        let snapshot = table.inner.snapshot().map_err(delta(key))?;
+        let current = snapshot.metadata();
+        let same_layout = current.partition_columns() == &partition_columns
+            && current.parse_schema().ok().as_ref() == Some(&columns);
+        let mut predicate = None;
+        match &mode {
+            WriteMode::Append | WriteMode::ReplacePartitions(_) if !same_layout => {
+                return Err(delta(key)(DeltaTableError::Generic(format!(
+                    "the write's schema or partitioning ({partition_columns:?}) differs from the \
+                     table's ({:?}); only a full overwrite may change them",
+                    current.partition_columns()
+                ))));
+            }
+            WriteMode::Append => {}
+            WriteMode::Overwrite => {
+                if !same_layout {
+                    let metadata = new_metadata(
+                        &columns,
+                        &partition_columns,
+                        current.configuration().clone(),
+                    )
+                    .and_then(|m| m.with_table_id(current.id().to_string()))
+                    .map_err(|e| delta(key)(DeltaTableError::Generic(e.to_string())))?;
+                    actions.push(Action::Metadata(metadata));
+                }
+                actions.extend(
+                    snapshot
+                        .log_data()
+                        .into_iter()
+                        .map(|file| Action::Remove(file.remove_action(true))),
+                );
+            }
+            WriteMode::ReplacePartitions(replaced) => {
+                let column = &partition_columns[0];
+                actions.extend(
+                    snapshot
+                        .log_data()
+                        .into_iter()
+                        .filter(|file| {
+                            file.partition_values_map()
+                                .get(column)
+                                .and_then(|v| v.as_ref())
+                                .is_some_and(|v| replaced.contains(v))
+                        })
+                        .map(|file| Action::Remove(file.remove_action(true))),
+                );
+                let values: Vec<String> = replaced
+                    .iter()
+                    .map(|v| format!("'{}'", v.replace('\'', "''")))
+                    .collect();
+                predicate = Some(format!("{column} IN ({})", values.join(", ")));
+            }
         }
         let save_mode = match mode {
             WriteMode::Append => SaveMode::Append,
-            WriteMode::Overwrite => SaveMode::Overwrite,
+            WriteMode::Overwrite | WriteMode::ReplacePartitions(_) => SaveMode::Overwrite,
         };
         let finalized = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(
-                Some(table.inner.snapshot().map_err(delta(key))?),
+                Some(snapshot),
                 table.inner.log_store(),
                 DeltaOperation::Write {
                     mode: save_mode,
-                    partition_by: None,
-                    predicate: None,
+                    partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
+                    predicate,
                 },
             )
             .await
             .map_err(delta(key))?;
         Ok(finalized.version() as i64)
     }
+}
+
+/// Refuses a partition replace that would touch anything outside the partitions it names.
+fn validate_replace(
+    key: &str,
+    partition_columns: &[String],
+    replaced: &BTreeSet<String>,
+    adds: &[Add],
+) -> Result<(), LakeError> {
+    let refuse = |reason: String| {
+        Err(LakeError::InvalidReplace {
+            table: key.to_string(),
+            reason,
+        })
+    };
+    let [column] = partition_columns else {
+        return refuse(format!(
+            "a partition replace needs exactly one partition column, not {partition_columns:?}"
+        ));
+    };
+    if replaced.is_empty() {
+        return refuse("no partition named".into());
+    }
+    let mut written = BTreeSet::new();
+    for add in adds {
+        let value = add.partition_values.get(column).cloned().flatten();
+        match value {
+            Some(value) if replaced.contains(&value) => {
+                written.insert(value);
+            }
+            other => return refuse(format!(
+                "a staged file belongs to partition {column}={other:?}, outside the replaced set"
+            )),
+        }
+    }
+    if let Some(missing) = replaced.difference(&written).next() {
+        return refuse(format!(
+            "partition {column}={missing} would be emptied: no rows were written for it"
+        ));
+    }
+    Ok(())
 }
 
 impl Lake {
@@ -290,6 +416,7 @@ impl Lake {
         &self,
         key: &str,
         schema: SchemaRef,
+        partition_columns: &[String],
         batches: impl IntoIterator<Item = RecordBatch>,
     ) -> Result<Vec<Add>, LakeError> {
         let slices: Vec<RecordBatch> = batches
@@ -323,8 +450,11 @@ impl Lake {
                 let url = self.table_url(key).to_string();
                 let options = self.storage_options().clone();
                 let schema = schema.clone();
+                let partitions =
+                    (!partition_columns.is_empty()).then(|| partition_columns.to_vec());
                 tokio::spawn(async move {
-                    let mut writer = RecordBatchWriter::try_new(url, schema, None, Some(options))?;
+                    let mut writer =
+                        RecordBatchWriter::try_new(url, schema, partitions, Some(options))?;
                     for batch in run {
                         writer.write(batch).await?;
                     }
@@ -379,8 +509,63 @@ impl Table {
                 path: file.object_store_path(),
                 size: file.size().max(0) as u64,
                 rows: file.num_records().map(|n| n as u64),
+                partition: file.partition_values_map().into_iter().collect(),
             })
             .collect())
+    }
+
+    /// The columns the table is partitioned by (empty when it is not).
+    pub fn partition_columns(&self) -> Result<Vec<String>, LakeError> {
+        let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;
+        Ok(snapshot.metadata().partition_columns().to_vec())
+    }
+
+    /// The distinct values of the partition column `column` in this snapshot, sorted.
+    pub fn partition_values(&self, column: &str) -> Result<BTreeSet<String>, LakeError> {
+        Ok(self
+            .files()?
+            .iter()
+            .filter_map(|f| f.partition_value(column).map(str::to_string))
+            .collect())
+    }
+
+    /// The data files appended since `version` that are still live, or `None` when the table did
+    /// more than append since then (an overwrite, a partition replace, a compaction of those very
+    /// files) or a commit in between is no longer in the log. A reader that keeps up with an
+    /// append-only table reads only what is new; on `None` it starts over from the whole table.
+    pub async fn appended_since(&self, version: i64) -> Result<Option<Vec<TableFile>>, LakeError> {
+        let store = self.inner.log_store();
+        let mut appended = HashSet::new();
+        for v in version + 1..=self.version() {
+            let Some(bytes) = store
+                .read_commit_entry(v as u64)
+                .await
+                .map_err(delta(&self.key))?
+            else {
+                return Ok(None);
+            };
+            let actions =
+                deltalake::logstore::get_actions(v as u64, &bytes).map_err(delta(&self.key))?;
+            for action in actions {
+                match action {
+                    Action::Add(add) if add.data_change => {
+                        appended.insert(add.path);
+                    }
+                    Action::Remove(remove)
+                        if remove.data_change || appended.contains(&remove.path) =>
+                    {
+                        return Ok(None);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some(
+            self.files()?
+                .into_iter()
+                .filter(|f| appended.contains(f.path.as_ref()))
+                .collect(),
+        ))
     }
 
     /// Rows in this snapshot, from the file statistics (no data is read).
@@ -393,8 +578,12 @@ impl Table {
     /// a `quantlens-cache` folder in the temp directory); data files are immutable and uniquely
     /// named, so a cached copy never goes stale.
     pub async fn local_files(&self) -> Result<Vec<PathBuf>, LakeError> {
+        self.local_paths(self.files()?).await
+    }
+
+    /// Like [`Table::local_files`], for some of the snapshot's files only.
+    pub async fn local_paths(&self, files: Vec<TableFile>) -> Result<Vec<PathBuf>, LakeError> {
         let url = self.url().clone();
-        let files = self.files()?;
         if let Ok(root) = url.to_file_path() {
             return Ok(files
                 .into_iter()
@@ -435,10 +624,27 @@ impl Table {
         &self,
         columns: Option<&[&str]>,
     ) -> Result<BoxStream<'static, Result<RecordBatch, LakeError>>, LakeError> {
+        self.scan_files(self.files()?, columns)
+    }
+
+    /// Like [`Table::scan`], over some of the snapshot's files only (e.g. a few partitions). The
+    /// values of wanted partition columns, which live in the log rather than in the files, are
+    /// appended to each batch as the last columns, as the table's schema has them.
+    pub fn scan_files(
+        &self,
+        files: Vec<TableFile>,
+        columns: Option<&[&str]>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, LakeError>>, LakeError> {
         let store = self.inner.object_store();
+        let schema = self.arrow_schema()?;
+        let partition_fields: Vec<Arc<Field>> = self
+            .partition_columns()?
+            .iter()
+            .filter(|c| columns.is_none_or(|wanted| wanted.contains(&c.as_str())))
+            .filter_map(|c| schema.field_with_name(c).ok().cloned().map(Arc::new))
+            .collect();
         let columns: Option<Vec<String>> =
             columns.map(|c| c.iter().map(|s| s.to_string()).collect());
-        let files = self.files()?;
         let key = self.key.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(SCAN_BUFFER_BATCHES);
         tokio::spawn(async move {
@@ -450,10 +656,17 @@ impl Table {
                         return;
                     }
                 };
-                let (decoder_sender, decoder_key, columns) =
-                    (sender.clone(), key.clone(), columns.clone());
+                let (decoder_sender, decoder_key, columns, partition_fields) = (
+                    sender.clone(),
+                    key.clone(),
+                    columns.clone(),
+                    partition_fields.clone(),
+                );
                 let decoded = tokio::task::spawn_blocking(move || {
                     decode(&decoder_key, &file, bytes, columns.as_deref(), |batch| {
+                        let batch = batch.and_then(|batch| {
+                            with_partition_columns(&decoder_key, &file, batch, &partition_fields)
+                        });
                         decoder_sender.blocking_send(batch).is_ok()
                     })
                 })
@@ -541,6 +754,33 @@ impl Table {
         let ms = snapshot.version_timestamp(self.version() as u64)?;
         Utc.timestamp_millis_opt(ms).single()
     }
+}
+
+/// Appends the file's partition values to a batch decoded from it, as constant columns.
+fn with_partition_columns(
+    key: &str,
+    file: &TableFile,
+    batch: RecordBatch,
+    partition_fields: &[Arc<Field>],
+) -> Result<RecordBatch, LakeError> {
+    if partition_fields.is_empty() {
+        return Ok(batch);
+    }
+    let bridge_error = |e: arrow::error::ArrowError| {
+        LakeError::Bridge(format!(
+            "table `{key}`, file {}: partition values: {e}",
+            file.path
+        ))
+    };
+    let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
+    let mut columns = batch.columns().to_vec();
+    for field in partition_fields {
+        let value = file.partition_value(field.name());
+        let text = StringArray::from(vec![value; batch.num_rows()]);
+        columns.push(arrow::compute::cast(&text, field.data_type()).map_err(bridge_error)?);
+        fields.push(field.clone());
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(bridge_error)
 }
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -4,7 +4,7 @@
 //! its files in its commit metadata; if a crash struck between that commit and the ledger's, the
 //! next run finds the files there, treats them as ingested and repairs the ledger.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -13,15 +13,16 @@ use quantlens_engine::{
     Asset, AssetContext, AssetError, Materialization, Outcome, Output, RetryPolicy, SideWrite,
 };
 use quantlens_lake::arrow::array::{
-    Array, ArrayBuilder, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray,
+    Array, ArrayBuilder, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use quantlens_lake::{At, FileStore, Lake, Staged, WriteMode};
+use quantlens_lake::{At, FileStore, Lake, Staged, StoredFile, WriteMode};
 use rayon::prelude::*;
 use serde_json::json;
 
 use crate::landing::{is_candidate, parse_delivery, raw_fields, sha256_hex, RawColumns, RawRow};
+use crate::silver::typed_column;
 use crate::spec;
 
 pub const PRICES: &str = "bronze/prices";
@@ -69,6 +70,7 @@ pub fn asset(landing: String) -> Asset {
             "Every landing row as raw strings, appended once per delivery.",
         ),
         schema: prices_schema(),
+        partition_by: Vec::new(),
         checks: Vec::new(),
         retry: RetryPolicy::default(),
         side_tables: vec![LEDGER.to_string()],
@@ -99,12 +101,23 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
     let (mut known, recovered) = known_deliveries(&ctx.lake).await?;
     let ingested_at = Utc::now().timestamp_micros();
 
-    let candidates: Vec<_> = store
+    let listed: Vec<_> = store
         .list()
         .await?
         .into_iter()
         .filter(|f| is_candidate(&f.name))
         .collect();
+    let listed_count = listed.len();
+    let candidates: Vec<_> = listed
+        .into_iter()
+        .filter(|f| ctx.full_refresh || !known.unchanged_since_seen(f))
+        .collect();
+    if candidates.len() < listed_count {
+        (ctx.progress)(&format!(
+            "{} landing file(s) unchanged since ingested (same size, not modified since): not read",
+            listed_count - candidates.len()
+        ));
+    }
     let mut ledger: Vec<LedgerEntry> = recovered;
     // Bronze is the largest table: each group of files is written out as soon as it is parsed,
     // and the whole append is committed at once by the engine.
@@ -134,7 +147,7 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
             .into_par_iter()
             .filter_map(|(name, bytes)| {
                 let sha256 = sha256_hex(&bytes);
-                if known_before.contains(&(name.clone(), sha256.clone())) {
+                if known_before.contains(&name, &sha256) {
                     return None;
                 }
                 let (fate, batch) = match parse_delivery(&bytes) {
@@ -159,7 +172,7 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
             .collect();
         let mut batches = Vec::new();
         for (entry, batch) in ingested {
-            known.insert((entry.file.clone(), entry.sha256.clone()));
+            known.insert(&entry.file, &entry.sha256);
             ledger.push(entry);
             batches.extend(batch.transpose()?);
         }
@@ -221,18 +234,64 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
     }))
 }
 
-/// The (file, sha256) pairs already handled, from the ledger plus the newest bronze commit (which a
-/// crash may have left unrecorded in the ledger), and ledger entries for the latter.
-async fn known_deliveries(
-    lake: &Lake,
-) -> Result<(HashSet<(String, String)>, Vec<LedgerEntry>), AssetError> {
-    let mut known = HashSet::new();
+/// What the ledger knows about landing files: which (file, sha256) pairs were handled, and for
+/// each file the size it had and the time it was last handled.
+#[derive(Default)]
+struct Known {
+    deliveries: HashSet<(String, String)>,
+    seen: HashMap<String, (u64, i64)>,
+}
+
+impl Known {
+    fn contains(&self, file: &str, sha256: &str) -> bool {
+        self.deliveries
+            .contains(&(file.to_string(), sha256.to_string()))
+    }
+
+    /// Returns true when the pair is new.
+    fn insert(&mut self, file: &str, sha256: &str) -> bool {
+        self.deliveries
+            .insert((file.to_string(), sha256.to_string()))
+    }
+
+    /// A file with the size it had when last handled and not modified since (allowing for clock
+    /// skew between the storage and this machine) holds what was handled then, so a daily run
+    /// need not read and hash the whole history of deliveries. `--full-refresh` reads them all.
+    fn unchanged_since_seen(&self, file: &StoredFile) -> bool {
+        self.seen.get(&file.name).is_some_and(|(bytes, seen_at)| {
+            let modified =
+                (file.modified + chrono::Duration::seconds(CLOCK_SKEW_SECONDS)).timestamp_micros();
+            *bytes == file.size && modified < *seen_at
+        })
+    }
+}
+
+/// Margin for clocks of the landing storage and this machine disagreeing.
+const CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// What is already handled, from the ledger plus the newest bronze commit (which a crash may have
+/// left unrecorded in the ledger), and ledger entries for the latter.
+async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEntry>), AssetError> {
+    let mut known = Known::default();
     if let Some(table) = lake.load(LEDGER, At::Latest).await? {
-        for batch in table.read(Some(&["file", "sha256"])).await? {
+        for batch in table
+            .read(Some(&["file", "sha256", "bytes", "ingested_at"]))
+            .await?
+        {
             let files = string_column(&batch, "file")?;
             let hashes = string_column(&batch, "sha256")?;
+            let bytes = typed_column::<Int64Array>(&batch, "bytes")?;
+            let seen_at = typed_column::<TimestampMicrosecondArray>(&batch, "ingested_at")?;
             for i in 0..batch.num_rows() {
-                known.insert((files.value(i).to_string(), hashes.value(i).to_string()));
+                known.insert(files.value(i), hashes.value(i));
+                let entry = (bytes.value(i).max(0) as u64, seen_at.value(i));
+                let newest = known
+                    .seen
+                    .entry(files.value(i).to_string())
+                    .or_insert(entry);
+                if entry.1 >= newest.1 {
+                    *newest = entry;
+                }
             }
         }
     }
@@ -248,7 +307,7 @@ async fn known_deliveries(
             let (Some(name), Some(sha)) = (file["file"].as_str(), file["sha256"].as_str()) else {
                 continue;
             };
-            if known.insert((name.to_string(), sha.to_string())) {
+            if known.insert(name, sha) {
                 recovered.push(LedgerEntry {
                     file: name.to_string(),
                     bytes: 0,

@@ -1,23 +1,43 @@
-//! Gold: what the frontend reads. `gold/returns` is computed with Polars (per-symbol windows over
-//! silver in date order); `gold/market_daily` with DuckDB SQL over the snapshot of gold/returns.
+//! Gold: what the frontend reads. `gold/returns` is computed with Polars (per-symbol order and log
+//! returns over silver) plus fixed-order window sums; `gold/market_daily` with DuckDB SQL over the
+//! snapshot of gold/returns. Both are partitioned by month and updated incrementally: returns from
+//! [`LOOKBACK_ROWS`] rows before each symbol's earliest changed date onward, market_daily for the
+//! months whose returns changed.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use polars::prelude::{col, lit, IntoLazy, RollingOptionsFixedWindow, SortMultipleOptions};
+use futures::TryStreamExt;
+use polars::prelude::{col, lit, IntoLazy, SortMultipleOptions};
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy,
 };
-use quantlens_lake::arrow::array::{Array, Float64Array, RecordBatch};
+use quantlens_lake::arrow::array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, RecordBatch, StringArray, UInt32Array,
+};
+use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{batches_to_polars, duckdb_to_lake, polars_to_batches, At};
+use quantlens_lake::{batches_to_polars, duckdb_to_lake, polars_to_batches, Table, WriteMode};
 
-use crate::{silver, spec};
+use crate::bronze::string_column;
+use crate::incremental::{self, Changes, MONTH};
+use crate::silver::{self, typed_column};
+use crate::spec;
 
 pub const RETURNS: &str = "gold/returns";
 pub const MARKET_DAILY: &str = "gold/market_daily";
 
+const RETURNS_CODE_VERSION: &str = "2";
+const MARKET_DAILY_CODE_VERSION: &str = "2";
+
 /// A daily move beyond this (in log terms, about +65% / -40%) is worth a warning.
 const EXTREME_LOG_RETURN: f64 = 0.5;
+
+/// Rows before a changed date that a recompute reads: the longest window (sma_50) looks 49 rows
+/// back, vol_20 looks 20 back (19 plus the close before the first return).
+const LOOKBACK_ROWS: usize = 50;
+
+const SILVER_COLUMNS: [&str; 4] = ["symbol", "date", "close", "volume"];
 
 pub fn returns_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -29,6 +49,7 @@ pub fn returns_schema() -> SchemaRef {
         Field::new("sma_20", DataType::Float64, true),
         Field::new("sma_50", DataType::Float64, true),
         Field::new("vol_20", DataType::Float64, true),
+        Field::new(MONTH, DataType::Utf8, false),
     ]))
 }
 
@@ -40,7 +61,14 @@ pub fn market_daily_schema() -> SchemaRef {
         Field::new("advancers", DataType::Int64, false),
         Field::new("decliners", DataType::Int64, false),
         Field::new("dollar_volume", DataType::Float64, true),
+        Field::new(MONTH, DataType::Utf8, false),
     ]))
+}
+
+/// A schema without its last column (the partition column, which computations add last).
+fn without_month(schema: &SchemaRef) -> SchemaRef {
+    let fields = &schema.fields()[..schema.fields().len() - 1];
+    Arc::new(Schema::new(fields.to_vec()))
 }
 
 pub fn returns_asset() -> Asset {
@@ -49,10 +77,11 @@ pub fn returns_asset() -> Asset {
             RETURNS,
             &[silver::PRICES],
             "gold",
-            "1",
+            RETURNS_CODE_VERSION,
             "Per symbol and day: log return, 20/50-day moving averages, 20-day volatility (Polars).",
         ),
         schema: returns_schema(),
+        partition_by: vec![MONTH.to_string()],
         checks: vec![
             Check::blocking("finite_values", finite_values),
             Check::warning("no_extreme_moves", no_extreme_moves),
@@ -69,10 +98,11 @@ pub fn market_daily_asset() -> Asset {
             MARKET_DAILY,
             &[RETURNS],
             "gold",
-            "1",
+            MARKET_DAILY_CODE_VERSION,
             "Per day: symbols, mean return, advancers, decliners, dollar volume (DuckDB).",
         ),
         schema: market_daily_schema(),
+        partition_by: vec![MONTH.to_string()],
         checks: Vec::new(),
         retry: RetryPolicy::default(),
         side_tables: Vec::new(),
@@ -84,65 +114,295 @@ fn polars_error(err: polars::prelude::PolarsError) -> AssetError {
     AssetError::data(format!("Polars: {err}"))
 }
 
-async fn compute_returns(ctx: AssetContext) -> Result<Outcome, AssetError> {
-    let (schema, batches) = ctx
-        .read_upstream(silver::PRICES, Some(&["symbol", "date", "close", "volume"]))
-        .await?;
-    let silver = batches_to_polars(&schema, &batches)?;
-    drop(batches);
-    let window = |size| RollingOptionsFixedWindow {
-        window_size: size,
-        min_periods: size,
-        ..Default::default()
+fn arrow_error(err: quantlens_lake::arrow::error::ArrowError) -> AssetError {
+    AssetError::data(format!("Arrow: {err}"))
+}
+
+/// How an incremental asset gets its upstream's changes since it last ran, or why it need not run.
+enum Plan {
+    Rebuild,
+    Update(Changes, Table),
+    Unchanged(String),
+}
+
+async fn plan(
+    ctx: &AssetContext,
+    upstream: &Table,
+    code_version: &str,
+) -> Result<Plan, AssetError> {
+    let upstream_key = upstream.key();
+    let Some(previous) = incremental::previous(ctx, upstream_key, code_version).await? else {
+        return Ok(Plan::Rebuild);
     };
-    let by_symbol = |expr: polars::prelude::Expr| expr.over([col("symbol")]);
-    let mut returns = silver
+    let since = previous.upstream_version;
+    if since == upstream.version() {
+        return Ok(Plan::Unchanged(format!(
+            "`{upstream_key}` has not changed since version {since}"
+        )));
+    }
+    Ok(match incremental::changes_since(upstream, since).await? {
+        Some(changes) if changes.is_empty() => Plan::Unchanged(format!(
+            "`{upstream_key}` changed no rows since version {since}"
+        )),
+        Some(changes) => Plan::Update(changes, previous.table),
+        None => {
+            (ctx.progress)(&format!(
+                "`{upstream_key}` was rebuilt since version {since}: rebuilding"
+            ));
+            Plan::Rebuild
+        }
+    })
+}
+
+async fn compute_returns(ctx: AssetContext) -> Result<Outcome, AssetError> {
+    let silver = ctx.upstream_table(silver::PRICES).await?;
+    match plan(&ctx, &silver, RETURNS_CODE_VERSION).await? {
+        Plan::Unchanged(reason) => Ok(Outcome::Unchanged { reason }),
+        Plan::Rebuild => {
+            let rows = silver.read(Some(&SILVER_COLUMNS)).await?;
+            let returns = split_by_month(&returns_schema(), returns_of(rows)?)?;
+            Ok(Outcome::Materialized(Materialization::overwrite(returns)))
+        }
+        Plan::Update(changes, returns) => update_returns(&ctx, &silver, &returns, changes).await,
+    }
+}
+
+/// Recomputes the changed symbols from their earliest changed date on (reading [`LOOKBACK_ROWS`]
+/// rows before it so the windows are exact), keeps every other row of the months involved as it
+/// was, and replaces those months.
+async fn update_returns(
+    ctx: &AssetContext,
+    silver: &Table,
+    returns: &Table,
+    changes: Changes,
+) -> Result<Outcome, AssetError> {
+    let first_month = incremental::month_of(changes.earliest().expect("changes are not empty"));
+    let mut rows = Vec::new();
+    let mut lookback: HashMap<String, usize> = HashMap::new();
+    let mut months: Vec<String> = silver.partition_values(MONTH)?.into_iter().collect();
+    months.reverse();
+    for month in months {
+        let enough = lookback.len() == changes.symbols()
+            && lookback.values().all(|rows| *rows >= LOOKBACK_ROWS);
+        if month < first_month && enough {
+            break;
+        }
+        let files = incremental::files_in(silver, &BTreeSet::from([month]))?;
+        let mut batches = silver.scan_files(files, Some(&SILVER_COLUMNS))?;
+        while let Some(batch) = batches.try_next().await? {
+            let batch = keep_rows(&batch, |symbol, _| changes.from(symbol).is_some())?;
+            let symbols = string_column(&batch, "symbol")?;
+            let dates = typed_column::<Date32Array>(&batch, "date")?;
+            for row in 0..batch.num_rows() {
+                let symbol = symbols.value(row);
+                let before = lookback.entry(symbol.to_string()).or_default();
+                if !changes.covers(symbol, dates.value(row)) {
+                    *before += 1;
+                }
+            }
+            rows.push(batch);
+        }
+    }
+    let recomputed = returns_of(rows)?;
+    let recomputed = keep_rows(&recomputed, |symbol, day| changes.covers(symbol, day))?;
+    (ctx.progress)(&format!(
+        "recomputing {} row(s) of {} symbol(s) from {first_month} on",
+        recomputed.num_rows(),
+        changes.symbols()
+    ));
+
+    let months = incremental::months_from(returns, &first_month)?;
+    let mut kept = Vec::new();
+    let mut batches = returns.scan_files(incremental::files_in(returns, &months)?, None)?;
+    while let Some(batch) = batches.try_next().await? {
+        let batch = batch
+            .project(&(0..batch.num_columns() - 1).collect::<Vec<_>>())
+            .map_err(arrow_error)?;
+        kept.push(keep_rows(&batch, |symbol, day| {
+            !changes.covers(symbol, day)
+        })?);
+    }
+    kept.push(recomputed);
+    let merged = concat_batches(&without_month(&returns_schema()), &kept).map_err(arrow_error)?;
+    let batches = split_by_month(&returns_schema(), merged)?;
+    Ok(Outcome::Materialized(replace_months(batches, &changes)))
+}
+
+/// A materialization replacing exactly the months of `batches` (one batch per month), recording
+/// `changes` for the asset downstream.
+fn replace_months(batches: Vec<RecordBatch>, changes: &Changes) -> Materialization {
+    let months: BTreeSet<String> = batches
+        .iter()
+        .filter_map(|b| b.column_by_name(MONTH))
+        .filter_map(|c| {
+            c.as_any()
+                .downcast_ref::<StringArray>()
+                .map(|m| m.value(0).to_string())
+        })
+        .collect();
+    let mut output = Materialization::overwrite(batches);
+    output.mode = WriteMode::ReplacePartitions(months);
+    output.extra_metadata = changes.metadata();
+    output
+}
+
+/// The rows of `batch` for which `keep(symbol, date)` holds.
+fn keep_rows(
+    batch: &RecordBatch,
+    keep: impl Fn(&str, i32) -> bool,
+) -> Result<RecordBatch, AssetError> {
+    let symbols = string_column(batch, "symbol")?;
+    let dates = typed_column::<Date32Array>(batch, "date")?;
+    let mask: BooleanArray = (0..batch.num_rows())
+        .map(|row| Some(keep(symbols.value(row), dates.value(row))))
+        .collect();
+    filter_record_batch(batch, &mask).map_err(arrow_error)
+}
+
+/// Splits rows into one batch per month (in month order) and appends the `month` column, giving
+/// batches of `schema`. Rows keep their relative order within a month.
+fn split_by_month(schema: &SchemaRef, batch: RecordBatch) -> Result<Vec<RecordBatch>, AssetError> {
+    let dates = typed_column::<Date32Array>(&batch, "date")?;
+    let mut month_of_day: HashMap<i32, String> = HashMap::new();
+    let mut rows_of_month: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for row in 0..batch.num_rows() {
+        let day = dates.value(row);
+        let month = month_of_day
+            .entry(day)
+            .or_insert_with(|| incremental::month_of(day));
+        rows_of_month
+            .entry(month.clone())
+            .or_default()
+            .push(row as u32);
+    }
+    rows_of_month
+        .into_iter()
+        .map(|(month, rows)| {
+            let rows = take_record_batch(&batch, &UInt32Array::from(rows)).map_err(arrow_error)?;
+            let mut columns = rows.columns().to_vec();
+            columns.push(Arc::new(StringArray::from(vec![month; rows.num_rows()])) as ArrayRef);
+            RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
+        })
+        .collect()
+}
+
+/// Returns and windows per symbol, in (symbol, date) order, without the month column. Polars sorts
+/// and takes the log returns; the windows are summed in a fixed order over exactly their rows
+/// (see [`window_means`]).
+fn returns_of(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
+    let output_schema = without_month(&returns_schema());
+    let Some(first) = silver_rows.first() else {
+        return Ok(RecordBatch::new_empty(output_schema));
+    };
+    let silver = batches_to_polars(&first.schema(), &silver_rows)?;
+    drop(silver_rows);
+    let mut sorted = silver
         .lazy()
         .sort(["symbol", "date"], SortMultipleOptions::default())
-        .with_columns([
-            by_symbol((col("close") / col("close").shift(lit(1))).log(lit(std::f64::consts::E)))
+        .with_column(
+            (col("close") / col("close").shift(lit(1)))
+                .log(lit(std::f64::consts::E))
+                .over([col("symbol")])
                 .map_err(polars_error)?
                 .alias("log_return"),
-            by_symbol(col("close").rolling_mean(window(20)))
-                .map_err(polars_error)?
-                .alias("sma_20"),
-            by_symbol(col("close").rolling_mean(window(50)))
-                .map_err(polars_error)?
-                .alias("sma_50"),
-        ])
-        .with_column(
-            by_symbol(col("log_return").rolling_std(window(20)))
-                .map_err(polars_error)?
-                .alias("vol_20"),
         )
-        .select([
-            col("symbol"),
-            col("date"),
-            col("close"),
-            col("volume"),
-            col("log_return"),
-            col("sma_20"),
-            col("sma_50"),
-            col("vol_20"),
-        ])
         .collect()
         .map_err(polars_error)?;
-    let batches = polars_to_batches(&mut returns, &returns_schema())?;
-    Ok(Outcome::Materialized(Materialization::overwrite(batches)))
+    let sorted_schema = Arc::new(Schema::new(output_schema.fields()[..5].to_vec()));
+    let batches = polars_to_batches(&mut sorted, &sorted_schema)?;
+    drop(sorted);
+    let sorted = concat_batches(&sorted_schema, &batches).map_err(arrow_error)?;
+    drop(batches);
+
+    let symbols = string_column(&sorted, "symbol")?;
+    let close = typed_column::<Float64Array>(&sorted, "close")?;
+    let log_return = typed_column::<Float64Array>(&sorted, "log_return")?;
+    let runs = symbol_runs(symbols);
+    let mut columns = sorted.columns().to_vec();
+    columns.push(Arc::new(window_means(&runs, close, 20)));
+    columns.push(Arc::new(window_means(&runs, close, 50)));
+    columns.push(Arc::new(window_std(&runs, log_return, 20)));
+    RecordBatch::try_new(output_schema, columns).map_err(arrow_error)
+}
+
+/// For each row, the index of the first row of its symbol (rows sorted by symbol).
+fn symbol_runs(symbols: &StringArray) -> Vec<usize> {
+    let mut start = 0;
+    (0..symbols.len())
+        .map(|row| {
+            if row > 0 && symbols.value(row) != symbols.value(row - 1) {
+                start = row;
+            }
+            start
+        })
+        .collect()
+}
+
+/// The window of `size` rows ending at `row`, if the symbol has that many rows by then and none
+/// of them is null.
+fn window<'a>(
+    runs: &[usize],
+    values: &'a Float64Array,
+    row: usize,
+    size: usize,
+) -> Option<&'a [f64]> {
+    let first = (row + 1).checked_sub(size)?;
+    if first < runs[row] || (first..=row).any(|i| values.is_null(i)) {
+        return None;
+    }
+    Some(&values.values()[first..=row])
+}
+
+/// Rolling means whose every value is a sum over exactly its window, in row order, so that a
+/// recompute that starts later in a symbol's history gives bit-identical values. (Polars' rolling
+/// sums carry a running compensated sum from the series' first row, so theirs would differ in the
+/// last bits depending on where a computation starts.)
+fn window_means(runs: &[usize], values: &Float64Array, size: usize) -> Float64Array {
+    (0..values.len())
+        .map(|row| window(runs, values, row, size).map(|w| w.iter().sum::<f64>() / size as f64))
+        .collect()
+}
+
+/// Rolling sample standard deviations (n - 1), computed like [`window_means`].
+fn window_std(runs: &[usize], values: &Float64Array, size: usize) -> Float64Array {
+    (0..values.len())
+        .map(|row| {
+            window(runs, values, row, size).map(|w| {
+                let mean = w.iter().sum::<f64>() / size as f64;
+                let squares: f64 = w.iter().map(|v| (v - mean) * (v - mean)).sum();
+                (squares / (size - 1) as f64).sqrt()
+            })
+        })
+        .collect()
 }
 
 async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> {
-    let version = ctx.upstream[RETURNS];
-    let table = ctx
-        .lake
-        .load(RETURNS, At::Version(version))
-        .await?
-        .ok_or_else(|| AssetError::data(format!("`{RETURNS}` does not exist")))?;
-    let files = table.local_files().await?;
-    if files.is_empty() {
-        return Ok(Outcome::Materialized(
-            Materialization::overwrite(Vec::new()),
-        ));
+    let returns = ctx.upstream_table(RETURNS).await?;
+    match plan(&ctx, &returns, MARKET_DAILY_CODE_VERSION).await? {
+        Plan::Unchanged(reason) => Ok(Outcome::Unchanged { reason }),
+        Plan::Rebuild => {
+            let daily = market_daily_of(&returns, returns.files()?).await?;
+            Ok(Outcome::Materialized(Materialization::overwrite(daily)))
+        }
+        Plan::Update(changes, _) => {
+            let first_month =
+                incremental::month_of(changes.earliest().expect("changes are not empty"));
+            let months = incremental::months_from(&returns, &first_month)?;
+            let files = incremental::files_in(&returns, &months)?;
+            let daily = market_daily_of(&returns, files).await?;
+            Ok(Outcome::Materialized(replace_months(daily, &changes)))
+        }
+    }
+}
+
+/// The market_daily rows of the dates in `files` (files of gold/returns), one batch per month.
+async fn market_daily_of(
+    returns: &Table,
+    files: Vec<quantlens_lake::TableFile>,
+) -> Result<Vec<RecordBatch>, AssetError> {
+    let paths = returns.local_paths(files).await?;
+    if paths.is_empty() {
+        return Ok(Vec::new());
     }
     let sql = format!(
         "SELECT date,
@@ -154,18 +414,19 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
          FROM read_parquet({})
          GROUP BY date
          ORDER BY date",
-        quantlens_lake::duck::parquet_list(&files)
+        quantlens_lake::duck::parquet_list(&paths)
     );
     let duck_error = |e: duckdb::Error| AssetError::data(format!("DuckDB: {e}"));
     let conn = quantlens_lake::duck::connect().map_err(duck_error)?;
     let mut statement = conn.prepare(&sql).map_err(duck_error)?;
-    let schema = market_daily_schema();
+    let schema = without_month(&market_daily_schema());
     let batches = statement
         .query_arrow([])
         .map_err(duck_error)?
         .map(|batch| duckdb_to_lake(batch, &schema))
         .collect::<Result<Vec<RecordBatch>, _>>()?;
-    Ok(Outcome::Materialized(Materialization::overwrite(batches)))
+    let daily = concat_batches(&schema, &batches).map_err(arrow_error)?;
+    split_by_month(&market_daily_schema(), daily)
 }
 
 fn float_columns(batch: &RecordBatch) -> impl Iterator<Item = (&str, &Float64Array)> {

@@ -9,6 +9,7 @@
 pub mod bronze;
 pub mod demo;
 pub mod gold;
+pub mod incremental;
 pub mod landing;
 pub mod silver;
 

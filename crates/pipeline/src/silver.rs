@@ -1,30 +1,37 @@
 //! `silver/prices`: typed, validated, one row per (symbol, date). Every bronze row either becomes a
 //! candidate price or goes to `silver/prices_rejects` with the first rule it broke, so nothing is
 //! silently dropped. Among candidates for the same (symbol, date), the latest delivery wins:
-//! greatest ingested_at, then source_file, then source_line.
+//! greatest ingested_at, then source_file, then source_line. Each row keeps those three columns,
+//! so a daily run can apply the same rule to only the new bronze rows and the silver rows they
+//! compete with: the months they fall in are re-derived and replaced, nothing else.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
 use futures::TryStreamExt;
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy, SideWrite,
 };
 use quantlens_lake::arrow::array::{
-    Array, Date32Array, Float64Array, Int32Array, Int64Array, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayBuilder, Date32Array, Float64Array, Int32Array, Int64Array, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::WriteMode;
+use quantlens_lake::{Table, TableFile, WriteMode};
 
 use crate::bronze::{self, string_column, utc_timestamp};
+use crate::incremental::{self, Changes, MONTH};
 use crate::landing::{raw_fields, RawColumns, HEADER};
 use crate::spec;
 
 pub const PRICES: &str = "silver/prices";
 pub const REJECTS: &str = "silver/prices_rejects";
+
+/// Bumped whenever the rows silver derives would change; a new version rebuilds the table.
+const CODE_VERSION: &str = "2";
 
 pub fn prices_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -35,6 +42,10 @@ pub fn prices_schema() -> SchemaRef {
         Field::new("low", DataType::Float64, false),
         Field::new("close", DataType::Float64, false),
         Field::new("volume", DataType::Int64, false),
+        Field::new("source_file", DataType::Utf8, false),
+        Field::new("source_line", DataType::Int64, false),
+        Field::new("ingested_at", utc_timestamp(), false),
+        Field::new(MONTH, DataType::Utf8, false),
     ]))
 }
 
@@ -56,10 +67,11 @@ pub fn asset() -> Asset {
             PRICES,
             &[bronze::PRICES],
             "silver",
-            "1",
+            CODE_VERSION,
             "Validated daily prices, one row per (symbol, date), latest delivery wins.",
         ),
         schema: prices_schema(),
+        partition_by: vec![MONTH.to_string()],
         checks: vec![
             Check::blocking("unique_symbol_date", unique_symbol_date),
             Check::blocking("no_null_prices", no_null_prices),
@@ -83,6 +95,8 @@ struct Candidate {
     ingested_at: i64,
     file: u32,
     line: u32,
+    /// From bronze rows this run reads, as opposed to a silver row it competes with.
+    fresh: bool,
 }
 
 /// The first validation rule a row breaks, with a human explanation.
@@ -206,7 +220,7 @@ fn parse_date(text: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
 }
 
-const UNIX_EPOCH_DAY: i32 = 719_163; // days from 0001-01-01 (CE day 1) to 1970-01-01
+pub(crate) const UNIX_EPOCH_DAY: i32 = 719_163; // days from 0001-01-01 (CE day 1) to 1970-01-01
 
 /// Interns strings to dense ids, so millions of rows carry 4-byte keys instead of strings.
 #[derive(Default)]
@@ -248,6 +262,10 @@ struct RejectsBuilder {
 }
 
 impl RejectsBuilder {
+    fn len(&self) -> usize {
+        self.source_line.len()
+    }
+
     fn new() -> Self {
         RejectsBuilder {
             fields: RawColumns::default(),
@@ -288,39 +306,145 @@ impl RejectsBuilder {
 }
 
 async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
-    // Bronze is the largest table: stream it batch by batch and keep only compact candidates.
     let bronze = ctx.upstream_table(bronze::PRICES).await?;
-    let mut candidates = Vec::with_capacity(bronze.row_count()? as usize);
-    let mut bronze_batches = bronze.scan(None)?;
-    let mut symbols = Interner::default();
-    let mut files = Interner::default();
-    let mut rejects = RejectsBuilder::new();
-    while let Some(batch) = bronze_batches.try_next().await? {
+    let Some(previous) = incremental::previous(&ctx, bronze::PRICES, CODE_VERSION).await? else {
+        return rebuild(&bronze).await;
+    };
+    if previous.upstream_version == bronze.version() {
+        return Ok(Outcome::Unchanged {
+            reason: format!("no bronze rows since version {}", previous.upstream_version),
+        });
+    }
+    match bronze.appended_since(previous.upstream_version).await? {
+        Some(new_files) => update(&ctx, &bronze, new_files, &previous.table).await,
+        None => {
+            (ctx.progress)(&format!(
+                "bronze did more than append since version {}: rebuilding",
+                previous.upstream_version
+            ));
+            rebuild(&bronze).await
+        }
+    }
+}
+
+/// Derives the whole table from every bronze row.
+async fn rebuild(bronze: &Table) -> Result<Outcome, AssetError> {
+    let mut derivation = Derivation::with_capacity(bronze.row_count()? as usize);
+    let mut batches = bronze.scan(None)?;
+    while let Some(batch) = batches.try_next().await? {
+        derivation.add_bronze(&batch)?;
+    }
+    let derived = derivation.finish()?;
+    let mut silver = Materialization::overwrite(derived.batches);
+    silver.side_writes.push(SideWrite {
+        key: REJECTS.into(),
+        schema: rejects_schema(),
+        batches: vec![derived.rejects],
+        mode: WriteMode::Overwrite,
+    });
+    Ok(Outcome::Materialized(silver))
+}
+
+/// Applies the bronze rows appended since the last run: the months they fall in are derived
+/// again from those rows plus the silver rows already there, and replaced.
+async fn update(
+    ctx: &AssetContext,
+    bronze: &Table,
+    new_files: Vec<TableFile>,
+    silver: &Table,
+) -> Result<Outcome, AssetError> {
+    let mut derivation = Derivation::with_capacity(0);
+    let mut batches = bronze.scan_files(new_files, None)?;
+    while let Some(batch) = batches.try_next().await? {
+        derivation.add_bronze(&batch)?;
+    }
+    let months = derivation.months();
+    (ctx.progress)(&format!(
+        "{} new bronze row(s) touch {} month(s)",
+        derivation.candidates.len() + derivation.rejects.len(),
+        months.len()
+    ));
+    let mut batches = silver.scan_files(incremental::files_in(silver, &months)?, None)?;
+    while let Some(batch) = batches.try_next().await? {
+        derivation.add_silver(&batch)?;
+    }
+    let derived = derivation.finish()?;
+    let mut output = if months.is_empty() {
+        // Only rejects: an empty append records that this bronze version was read.
+        Materialization::overwrite(Vec::new())
+    } else {
+        Materialization::overwrite(derived.batches)
+    };
+    output.mode = if months.is_empty() {
+        WriteMode::Append
+    } else {
+        WriteMode::ReplacePartitions(months)
+    };
+    output.extra_metadata = derived.changes.metadata();
+    output.side_writes.push(SideWrite {
+        key: REJECTS.into(),
+        schema: rejects_schema(),
+        batches: vec![derived.rejects],
+        mode: WriteMode::Append,
+    });
+    Ok(Outcome::Materialized(output))
+}
+
+/// Silver rows derived from candidates, with what changed and what was rejected.
+struct Derived {
+    /// One batch per month, in (date, symbol) order.
+    batches: Vec<RecordBatch>,
+    /// The (symbol, date) rows won by a bronze row of this run.
+    changes: Changes,
+    rejects: RecordBatch,
+}
+
+/// Collects compact candidates from bronze (validated) and from silver (already valid), then picks
+/// the winner of each (symbol, date).
+struct Derivation {
+    candidates: Vec<Candidate>,
+    symbols: Interner,
+    files: Interner,
+    rejects: RejectsBuilder,
+}
+
+impl Derivation {
+    fn with_capacity(rows: usize) -> Derivation {
+        Derivation {
+            candidates: Vec::with_capacity(rows),
+            symbols: Interner::default(),
+            files: Interner::default(),
+            rejects: RejectsBuilder::new(),
+        }
+    }
+
+    fn add_bronze(&mut self, batch: &RecordBatch) -> Result<(), AssetError> {
         let raw: Vec<&StringArray> = HEADER
             .iter()
-            .map(|name| string_column(&batch, name))
+            .map(|name| string_column(batch, name))
             .collect::<Result<_, _>>()?;
-        let field_count = typed_column::<Int32Array>(&batch, "field_count")?;
-        let source_file = string_column(&batch, "source_file")?;
-        let source_line = typed_column::<Int64Array>(&batch, "source_line")?;
-        let ingested_at = typed_column::<TimestampMicrosecondArray>(&batch, "ingested_at")?;
+        let field_count = typed_column::<Int32Array>(batch, "field_count")?;
+        let source_file = string_column(batch, "source_file")?;
+        let source_line = typed_column::<Int64Array>(batch, "source_line")?;
+        let ingested_at = typed_column::<TimestampMicrosecondArray>(batch, "ingested_at")?;
         for row in 0..batch.num_rows() {
             let fields: [Option<&str>; 7] =
                 std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
             match validate(&fields, field_count.value(row)) {
-                Ok(valid) => candidates.push(Candidate {
-                    symbol: symbols.id(valid.symbol),
-                    date: valid.date.num_days_from_ce() - UNIX_EPOCH_DAY,
+                Ok(valid) => self.candidates.push(Candidate {
+                    symbol: self.symbols.id(valid.symbol),
+                    date: incremental::day_of(valid.date),
                     open: valid.prices[0],
                     high: valid.prices[1],
                     low: valid.prices[2],
                     close: valid.prices[3],
                     volume: valid.volume,
                     ingested_at: ingested_at.value(row),
-                    file: files.id(source_file.value(row)),
+                    file: self.files.id(source_file.value(row)),
                     line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
+                    fresh: true,
                 }),
-                Err(broken) => rejects.push(
+                Err(broken) => self.rejects.push(
                     &fields,
                     source_file.value(row),
                     source_line.value(row),
@@ -329,66 +453,132 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
                 ),
             }
         }
+        Ok(())
     }
 
-    // Sort so that each (symbol, date) group ends with the winning delivery, and the table comes
-    // out ordered by symbol then date (what gold's per-symbol windows want).
-    let symbol_rank = symbols.ranks();
-    let file_rank = files.ranks();
-    let order = |c: &Candidate| {
-        (
-            symbol_rank[c.symbol as usize],
-            c.date,
-            c.ingested_at,
-            file_rank[c.file as usize],
-            c.line,
-        )
-    };
-    candidates.sort_unstable_by_key(order);
-    let winners: Vec<&Candidate> = candidates
-        .iter()
-        .enumerate()
-        .filter(|(i, c)| {
-            candidates
-                .get(i + 1)
-                .is_none_or(|next| (next.symbol, next.date) != (c.symbol, c.date))
+    fn add_silver(&mut self, batch: &RecordBatch) -> Result<(), AssetError> {
+        let symbol = string_column(batch, "symbol")?;
+        let date = typed_column::<Date32Array>(batch, "date")?;
+        let price = |name| typed_column::<Float64Array>(batch, name);
+        let (open, high, low, close) = (
+            price("open")?,
+            price("high")?,
+            price("low")?,
+            price("close")?,
+        );
+        let volume = typed_column::<Int64Array>(batch, "volume")?;
+        let source_file = string_column(batch, "source_file")?;
+        let source_line = typed_column::<Int64Array>(batch, "source_line")?;
+        let ingested_at = typed_column::<TimestampMicrosecondArray>(batch, "ingested_at")?;
+        for row in 0..batch.num_rows() {
+            self.candidates.push(Candidate {
+                symbol: self.symbols.id(symbol.value(row)),
+                date: date.value(row),
+                open: open.value(row),
+                high: high.value(row),
+                low: low.value(row),
+                close: close.value(row),
+                volume: volume.value(row),
+                ingested_at: ingested_at.value(row),
+                file: self.files.id(source_file.value(row)),
+                line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
+                fresh: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// The months the candidates fall in.
+    fn months(&self) -> BTreeSet<String> {
+        let days: BTreeSet<i32> = self.candidates.iter().map(|c| c.date).collect();
+        days.into_iter().map(incremental::month_of).collect()
+    }
+
+    fn finish(mut self) -> Result<Derived, AssetError> {
+        // Sort so that each (symbol, date) group ends with the winning delivery, and the table
+        // comes out in date order, so that each month is one contiguous run for the writers.
+        let symbol_rank = self.symbols.ranks();
+        let file_rank = self.files.ranks();
+        self.candidates.sort_unstable_by_key(|c: &Candidate| {
+            (
+                c.date,
+                symbol_rank[c.symbol as usize],
+                c.ingested_at,
+                file_rank[c.file as usize],
+                c.line,
+            )
+        });
+        let candidates = &self.candidates;
+        let winners: Vec<&Candidate> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                candidates
+                    .get(i + 1)
+                    .is_none_or(|next| (next.symbol, next.date) != (c.symbol, c.date))
+            })
+            .map(|(_, c)| c)
+            .collect();
+        let mut changes = Changes::default();
+        for winner in winners.iter().filter(|c| c.fresh) {
+            changes.add(&self.symbols.names[winner.symbol as usize], winner.date);
+        }
+        let batches = winners
+            .chunk_by(|a, b| incremental::month_of(a.date) == incremental::month_of(b.date))
+            .map(|month| self.batch(month))
+            .collect::<Result<_, _>>()?;
+        Ok(Derived {
+            batches,
+            changes,
+            rejects: self.rejects.finish()?,
         })
-        .map(|(_, c)| c)
-        .collect();
+    }
 
-    let column = |f: fn(&Candidate) -> f64| {
-        Arc::new(Float64Array::from_iter_values(winners.iter().map(|c| f(c))))
-    };
-    let batch = RecordBatch::try_new(
-        prices_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                winners
-                    .iter()
-                    .map(|c| symbols.names[c.symbol as usize].as_str()),
-            )),
-            Arc::new(Date32Array::from_iter_values(
-                winners.iter().map(|c| c.date),
-            )),
-            column(|c| c.open),
-            column(|c| c.high),
-            column(|c| c.low),
-            column(|c| c.close),
-            Arc::new(Int64Array::from_iter_values(
-                winners.iter().map(|c| c.volume),
-            )),
-        ],
-    )
-    .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))?;
-
-    let mut silver = Materialization::overwrite(vec![batch]);
-    silver.side_writes.push(SideWrite {
-        key: REJECTS.into(),
-        schema: rejects_schema(),
-        batches: vec![rejects.finish()?],
-        mode: WriteMode::Overwrite,
-    });
-    Ok(Outcome::Materialized(silver))
+    /// The silver rows of one month's winners.
+    fn batch(&self, winners: &[&Candidate]) -> Result<RecordBatch, AssetError> {
+        let column = |f: fn(&Candidate) -> f64| {
+            Arc::new(Float64Array::from_iter_values(winners.iter().map(|c| f(c))))
+        };
+        let month = winners.first().map(|c| incremental::month_of(c.date));
+        RecordBatch::try_new(
+            prices_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    winners
+                        .iter()
+                        .map(|c| self.symbols.names[c.symbol as usize].as_str()),
+                )),
+                Arc::new(Date32Array::from_iter_values(
+                    winners.iter().map(|c| c.date),
+                )),
+                column(|c| c.open),
+                column(|c| c.high),
+                column(|c| c.low),
+                column(|c| c.close),
+                Arc::new(Int64Array::from_iter_values(
+                    winners.iter().map(|c| c.volume),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    winners
+                        .iter()
+                        .map(|c| self.files.names[c.file as usize].as_str()),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    winners.iter().map(|c| c.line as i64),
+                )),
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        winners.iter().map(|c| c.ingested_at),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from_iter_values(
+                    winners.iter().map(|_| month.as_deref().unwrap_or_default()),
+                )),
+            ],
+        )
+        .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))
+    }
 }
 
 pub(crate) fn typed_column<'a, T: 'static>(
@@ -405,10 +595,10 @@ pub(crate) fn typed_column<'a, T: 'static>(
         })
 }
 
-/// Blocking: at most one row per (symbol, date). Silver is written sorted, which makes this a
-/// single pass; unsorted input falls back to a hash set.
+/// Blocking: at most one row per (symbol, date). Silver is written sorted by (date, symbol), which
+/// makes this a single pass; unsorted input falls back to a hash set.
 fn unique_symbol_date(batches: &[RecordBatch]) -> Result<String, String> {
-    let mut previous: Option<(String, i32)> = None;
+    let mut previous: Option<(i32, String)> = None;
     let mut sorted = true;
     let mut rows = 0usize;
     for batch in batches {
@@ -416,17 +606,17 @@ fn unique_symbol_date(batches: &[RecordBatch]) -> Result<String, String> {
         let dates = typed_column::<Date32Array>(batch, "date").map_err(|e| e.message)?;
         for i in 0..batch.num_rows() {
             rows += 1;
-            let key = (symbols.value(i), dates.value(i));
-            if let Some((symbol, date)) = &previous {
-                match (symbol.as_str(), *date).cmp(&key) {
+            let key = (dates.value(i), symbols.value(i));
+            if let Some((date, symbol)) = &previous {
+                match (*date, symbol.as_str()).cmp(&key) {
                     Ordering::Less => {}
                     Ordering::Equal => {
-                        return Err(format!("duplicate row for ({}, day {})", key.0, key.1));
+                        return Err(format!("duplicate row for ({}, day {})", key.1, key.0));
                     }
                     Ordering::Greater => sorted = false,
                 }
             }
-            previous = Some((key.0.to_string(), key.1));
+            previous = Some((key.0, key.1.to_string()));
         }
     }
     if !sorted {
@@ -468,6 +658,7 @@ fn no_null_prices(batches: &[RecordBatch]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
 
     fn check(fields: [&str; 7]) -> Result<(), &'static str> {
         let fields = fields.map(Some);

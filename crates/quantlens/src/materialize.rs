@@ -24,6 +24,10 @@ pub struct MaterializeArgs {
     /// Skip assets whose tables are already up to date with their inputs and code.
     #[arg(long)]
     stale: bool,
+    /// Rebuild the selected tables from scratch instead of updating them incrementally (bronze
+    /// also re-reads every landing file instead of trusting name, size and modification time).
+    #[arg(long)]
+    full_refresh: bool,
     /// Write the demo landing data first when LANDING_DIR holds no files.
     #[arg(long)]
     demo: bool,
@@ -74,6 +78,7 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
     let options = RunOptions {
         selected,
         only_stale: args.stale,
+        full_refresh: args.full_refresh,
         log_to_file: std::env::var_os("QUANTLENS_LOG_CAPTURED").is_none(),
     };
     let record = quantlens_engine::run(&registry, &lake, &files, record, &options)
