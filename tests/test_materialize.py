@@ -65,7 +65,10 @@ def test_full_run_matches_an_independent_recomputation(lake):
     assert dict(silver.schema) == {
         "symbol": pl.String, "date": pl.Date, "open": pl.Float64, "high": pl.Float64,
         "low": pl.Float64, "close": pl.Float64, "volume": pl.Int64,
+        "source_file": pl.String, "source_line": pl.Int64,
+        "ingested_at": pl.Datetime("us", "UTC"), "month": pl.String,
     }
+    assert (silver["month"] == silver["date"].dt.strftime("%Y-%m")).all()
     assert silver.height == summary["rows"]
     assert silver.select(pl.struct("symbol", "date").is_unique().all()).item()
 
@@ -79,7 +82,8 @@ def test_full_run_matches_an_independent_recomputation(lake):
         (pl.col("close") / pl.col("close").shift(1)).log().over("symbol").alias("log_return"),
         pl.col("close").rolling_mean(20).over("symbol").alias("sma_20"),
         pl.col("close").rolling_mean(50).over("symbol").alias("sma_50"),
-    ).with_columns(pl.col("log_return").rolling_std(20).over("symbol").alias("vol_20"))
+    ).with_columns(pl.col("log_return").rolling_std(20).over("symbol").alias("vol_20"),
+                   pl.col("date").dt.strftime("%Y-%m").alias("month"))
     actual = returns.sort("symbol", "date")
     assert actual.columns == expected.columns
     for column in ["log_return", "sma_20", "sma_50", "vol_20"]:
@@ -336,7 +340,7 @@ def test_maintain_compacts_checkpoints_and_vacuums_without_changing_data(lake):
         assert frame.sort(frame.columns).equals(before[key]), key
         log = lake.data / key / "_delta_log"
         assert any(p.name.endswith(".checkpoint.parquet") for p in log.iterdir()), key
-        on_disk = {p.name for p in (lake.data / key).glob("*.parquet")}
+        on_disk = {p.name for p in (lake.data / key).rglob("part-*.parquet")}
         assert on_disk == {u.rsplit("/", 1)[-1] for u in table.file_uris()}, key
     operations = [c["operation"] for c in lake.delta("bronze/prices").history(3)]
     assert operations == ["VACUUM END", "VACUUM START", "OPTIMIZE"]

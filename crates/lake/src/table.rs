@@ -394,9 +394,11 @@ fn validate_replace(
             Some(value) if replaced.contains(&value) => {
                 written.insert(value);
             }
-            other => return refuse(format!(
+            other => {
+                return refuse(format!(
                 "a staged file belongs to partition {column}={other:?}, outside the replaced set"
-            )),
+            ))
+            }
         }
     }
     if let Some(missing) = replaced.difference(&written).next() {

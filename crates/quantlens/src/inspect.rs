@@ -264,9 +264,39 @@ pub async fn sql(locations: &Locations, query: &str) -> Result<i32, Failure> {
     Ok(0)
 }
 
+/// Timestamps come out of DuckDB labelled "UTC", a zone name that Arrow's printer (built without a
+/// time zone database) cannot parse; "+00:00" is the same instant and prints.
+fn with_printable_time_zones(
+    batch: duckdb::arrow::record_batch::RecordBatch,
+) -> anyhow::Result<duckdb::arrow::record_batch::RecordBatch> {
+    use duckdb::arrow::datatypes::{DataType, Field, Schema};
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match field.data_type() {
+            DataType::Timestamp(unit, Some(zone)) if zone.as_ref() == "UTC" => {
+                let printable = DataType::Timestamp(*unit, Some("+00:00".into()));
+                columns.push(duckdb::arrow::compute::cast(column, &printable)?);
+                fields.push(Field::new(field.name(), printable, field.is_nullable()));
+            }
+            _ => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    Ok(duckdb::arrow::record_batch::RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 fn print_query(conn: &duckdb::Connection, query: &str) -> anyhow::Result<()> {
     let mut statement = conn.prepare(query)?;
-    let batches: Vec<_> = statement.query_arrow([])?.collect();
+    let batches = statement
+        .query_arrow([])?
+        .map(with_printable_time_zones)
+        .collect::<Result<Vec<_>, _>>()?;
     if batches.iter().all(|b| b.num_rows() == 0) {
         println!("(no rows)");
         return Ok(());
