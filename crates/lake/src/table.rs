@@ -638,13 +638,23 @@ impl Table {
         columns: Option<&[&str]>,
     ) -> Result<BoxStream<'static, Result<RecordBatch, LakeError>>, LakeError> {
         let store = self.inner.object_store();
-        let schema = self.arrow_schema()?;
-        let partition_fields: Vec<Arc<Field>> = self
-            .partition_columns()?
+        let partition_columns = self.partition_columns()?;
+        // Only a table with partition columns wanted needs its batches reassembled.
+        let output: Option<Arc<Schema>> = if partition_columns
             .iter()
-            .filter(|c| columns.is_none_or(|wanted| wanted.contains(&c.as_str())))
-            .filter_map(|c| schema.field_with_name(c).ok().cloned().map(Arc::new))
-            .collect();
+            .any(|c| columns.is_none_or(|wanted| wanted.contains(&c.as_str())))
+        {
+            let schema = self.arrow_schema()?;
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .filter(|f| columns.is_none_or(|wanted| wanted.contains(&f.name().as_str())))
+                .map(|f| f.as_ref().clone())
+                .collect();
+            Some(Arc::new(Schema::new(fields)))
+        } else {
+            None
+        };
         let columns: Option<Vec<String>> =
             columns.map(|c| c.iter().map(|s| s.to_string()).collect());
         let key = self.key.clone();
@@ -658,17 +668,16 @@ impl Table {
                         return;
                     }
                 };
-                let (decoder_sender, decoder_key, columns, partition_fields) = (
-                    sender.clone(),
-                    key.clone(),
-                    columns.clone(),
-                    partition_fields.clone(),
-                );
+                let (decoder_sender, decoder_key, columns, output) =
+                    (sender.clone(), key.clone(), columns.clone(), output.clone());
                 let decoded = tokio::task::spawn_blocking(move || {
                     decode(&decoder_key, &file, bytes, columns.as_deref(), |batch| {
-                        let batch = batch.and_then(|batch| {
-                            with_partition_columns(&decoder_key, &file, batch, &partition_fields)
-                        });
+                        let batch = match &output {
+                            Some(output) => batch.and_then(|batch| {
+                                with_partition_values(&decoder_key, &file, batch, output)
+                            }),
+                            None => batch,
+                        };
                         decoder_sender.blocking_send(batch).is_ok()
                     })
                 })
@@ -758,31 +767,33 @@ impl Table {
     }
 }
 
-/// Appends the file's partition values to a batch decoded from it, as constant columns.
-fn with_partition_columns(
+/// Reassembles a batch decoded from `file` into the `output` columns, in the table's order: the
+/// file's own columns, plus its partition values as constant columns.
+fn with_partition_values(
     key: &str,
     file: &TableFile,
     batch: RecordBatch,
-    partition_fields: &[Arc<Field>],
+    output: &Arc<Schema>,
 ) -> Result<RecordBatch, LakeError> {
-    if partition_fields.is_empty() {
-        return Ok(batch);
-    }
     let bridge_error = |e: arrow::error::ArrowError| {
         LakeError::Bridge(format!(
             "table `{key}`, file {}: partition values: {e}",
             file.path
         ))
     };
-    let mut fields: Vec<Arc<Field>> = batch.schema().fields().iter().cloned().collect();
-    let mut columns = batch.columns().to_vec();
-    for field in partition_fields {
-        let value = file.partition_value(field.name());
-        let text = StringArray::from(vec![value; batch.num_rows()]);
-        columns.push(arrow::compute::cast(&text, field.data_type()).map_err(bridge_error)?);
-        fields.push(field.clone());
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(bridge_error)
+    let columns = output
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) => Ok(column.clone()),
+            None => {
+                let value = file.partition_value(field.name());
+                let text = StringArray::from(vec![value; batch.num_rows()]);
+                arrow::compute::cast(&text, field.data_type()).map_err(bridge_error)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(output.clone(), columns).map_err(bridge_error)
 }
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use quantlens_lake::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{duck, At, CommitMetadata, FileStore, Lake, LakeError, WriteMode};
+use quantlens_lake::{duck, At, CommitMetadata, FileStore, Lake, LakeError, Staged, WriteMode};
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -227,4 +227,168 @@ async fn landing_files_round_trip_through_the_file_store() {
         ]
     );
     assert_eq!(&store.read("nested/c.csv").await.unwrap()[..], b"33");
+}
+
+/// Stages `rows` for the `symbol`-partitioned test table and commits them with `mode`.
+async fn commit_by_symbol(
+    lake: &Lake,
+    rows: &[(&str, i64)],
+    mode: WriteMode,
+) -> Result<i64, LakeError> {
+    let mut staged = Staged::partitioned(schema(), vec!["symbol".into()]);
+    lake.stage("test/numbers", &mut staged, [batch(rows)])
+        .await?;
+    lake.commit_staged("test/numbers", staged, mode, &metadata("r"))
+        .await
+}
+
+async fn rows_by_symbol(lake: &Lake) -> BTreeMap<String, Vec<i64>> {
+    let table = lake
+        .load("test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rows: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for batch in table.read(None).await.unwrap() {
+        // Partition values come back as the table's column, in the table's column order.
+        assert_eq!(batch.schema().field(0).name(), "symbol");
+        let symbols = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let numbers = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            rows.entry(symbols.value(i).to_string())
+                .or_default()
+                .push(numbers.value(i));
+        }
+    }
+    rows.values_mut().for_each(|v| v.sort());
+    rows
+}
+
+#[tokio::test]
+async fn partition_replace_touches_only_the_named_partitions_and_refuses_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let replace = |values: &[&str]| {
+        WriteMode::ReplacePartitions(values.iter().map(|v| v.to_string()).collect())
+    };
+    let v0 = commit_by_symbol(&lake, &[("A", 1), ("A", 2), ("B", 3)], WriteMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(dir.path().join("test/numbers/symbol=A").is_dir());
+
+    let v1 = commit_by_symbol(&lake, &[("A", 10)], replace(&["A"]))
+        .await
+        .unwrap();
+    assert_eq!(v1, v0 + 1);
+    assert_eq!(
+        rows_by_symbol(&lake).await,
+        BTreeMap::from([("A".into(), vec![10]), ("B".into(), vec![3])])
+    );
+    let table = lake
+        .load("test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    let commit = &table.history(Some(1)).await.unwrap()[0];
+    assert_eq!(commit.operation, "WRITE");
+
+    // Rows outside the named partitions, or a named partition left empty, refuse the commit.
+    let outside = commit_by_symbol(&lake, &[("A", 11), ("B", 4)], replace(&["A"])).await;
+    assert!(
+        matches!(&outside, Err(LakeError::InvalidReplace { reason, .. }) if reason.contains("outside")),
+        "{outside:?}"
+    );
+    let emptied = commit_by_symbol(&lake, &[("A", 11)], replace(&["A", "B"])).await;
+    assert!(
+        matches!(&emptied, Err(LakeError::InvalidReplace { reason, .. }) if reason.contains("emptied")),
+        "{emptied:?}"
+    );
+    let nothing = commit_by_symbol(&lake, &[], replace(&[])).await;
+    assert!(matches!(nothing, Err(LakeError::InvalidReplace { .. })));
+    let table = lake
+        .load("test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(table.version(), v1, "a refused replace commits nothing");
+    assert_eq!(rows_by_symbol(&lake).await["B"], vec![3]);
+
+    // DuckDB sees the partition column through the directory names.
+    let query = duck::snapshot_query(&lake, "test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    let conn = duck::connect().unwrap();
+    let total: i64 = conn
+        .query_row(
+            &format!("SELECT sum(n) FROM ({query}) WHERE symbol = 'B'"),
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(total, 3);
+}
+
+#[tokio::test]
+async fn appended_since_lists_new_files_until_the_table_does_more_than_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+    let write = |rows: Vec<(&'static str, i64)>, mode| {
+        let lake = lake.clone();
+        async move {
+            lake.write(
+                "test/numbers",
+                schema(),
+                [batch(&rows)],
+                mode,
+                &metadata("r"),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let v0 = write(vec![("A", 1)], WriteMode::Append).await;
+    write(vec![("B", 2)], WriteMode::Append).await;
+    write(vec![("C", 3)], WriteMode::Append).await;
+    let table = lake
+        .load("test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    let new = table.appended_since(v0).await.unwrap().unwrap();
+    assert_eq!(new.len(), 2);
+    let mut symbols: Vec<String> = Vec::new();
+    let mut batches = table.scan_files(new, Some(&["symbol"])).unwrap();
+    while let Some(batch) = futures::TryStreamExt::try_next(&mut batches).await.unwrap() {
+        let column = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        symbols.extend(column.iter().flatten().map(str::to_string));
+    }
+    symbols.sort();
+    assert_eq!(symbols, ["B", "C"]);
+    assert!(table
+        .appended_since(table.version())
+        .await
+        .unwrap()
+        .unwrap()
+        .is_empty());
+
+    write(vec![("D", 4)], WriteMode::Overwrite).await;
+    let table = lake
+        .load("test/numbers", At::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(table.appended_since(v0).await.unwrap().is_none());
 }
