@@ -85,6 +85,12 @@ pub struct Materialization {
     /// Extra commit metadata (e.g. which landing files a bronze append holds).
     pub extra_metadata: serde_json::Map<String, serde_json::Value>,
     pub side_writes: Vec<SideWrite>,
+    /// This is one piece of a larger update: commit it, then call the asset again.
+    pub more: bool,
+    /// The upstream versions to record as read, when not the pinned ones: a piece of an update
+    /// records the versions it started from, so that a crash before the last piece leaves the
+    /// table marked stale and the next run resumes.
+    pub consumed: Option<BTreeMap<String, i64>>,
 }
 
 impl Materialization {
@@ -94,6 +100,8 @@ impl Materialization {
             mode: WriteMode::Overwrite,
             extra_metadata: Default::default(),
             side_writes: Vec::new(),
+            more: false,
+            consumed: None,
         }
     }
 }
@@ -104,6 +112,13 @@ pub enum Outcome {
     Unchanged {
         reason: String,
     },
+}
+
+/// An inclusive range of dates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DateRange {
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
 }
 
 /// Reports progress of a long step (a line on stderr and in worker.log).
@@ -119,6 +134,8 @@ pub struct AssetContext {
     pub upstream: BTreeMap<String, i64>,
     /// Rebuild from scratch rather than update incrementally (`--full-refresh`).
     pub full_refresh: bool,
+    /// Dates to recompute (`--from/--to`), for assets whose tables are laid out by date.
+    pub range: Option<DateRange>,
     pub progress: Progress,
 }
 

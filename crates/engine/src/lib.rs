@@ -13,8 +13,8 @@ mod retry;
 mod runner;
 
 pub use asset::{
-    Asset, AssetContext, AssetError, ComputeFn, ErrorKind, Materialization, Outcome, Output,
-    Progress, SideWrite,
+    Asset, AssetContext, AssetError, ComputeFn, DateRange, ErrorKind, Materialization, Outcome,
+    Output, Progress, SideWrite,
 };
 pub use check::{Check, CheckFn};
 pub use freshness::{freshness, Freshness};

@@ -19,8 +19,8 @@ use serde_json::json;
 
 use crate::retry::jitter_seed;
 use crate::{
-    freshness, Asset, AssetContext, AssetError, ErrorKind, Materialization, Outcome, Output,
-    Registry,
+    freshness, Asset, AssetContext, AssetError, DateRange, ErrorKind, Materialization, Outcome,
+    Output, Registry,
 };
 
 pub struct RunOptions {
@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub only_stale: bool,
     /// Ask every asset to rebuild its table from scratch instead of updating it incrementally.
     pub full_refresh: bool,
+    /// Ask date-ranged assets to recompute these dates (a backfill), after catching up.
+    pub range: Option<DateRange>,
     /// Also copy progress lines into worker.log (off when a supervisor redirects stderr there).
     pub log_to_file: bool,
 }
@@ -105,7 +107,7 @@ pub async fn run(
         let seconds = started.elapsed().as_secs_f64();
 
         let (status, line) = match &result.status {
-            Done::Committed { version, rows } => (
+            Done::Committed { version, rows, .. } => (
                 AssetStatus::Succeeded,
                 format!("committed version {version}, {rows} rows in {seconds:.2}s"),
             ),
@@ -124,7 +126,7 @@ pub async fn run(
         entry.attempts = result.attempts;
         entry.finished_at = Some(Utc::now());
         entry.checks = result.checks.clone();
-        if let Done::Committed { version, rows } = result.status {
+        if let Done::Committed { version, rows, .. } = result.status {
             entry.table_version = Some(version);
             entry.rows_written = Some(rows);
         }
@@ -176,7 +178,7 @@ pub async fn run(
 }
 
 enum Done {
-    Committed { version: i64, rows: u64 },
+    Committed { version: i64, rows: u64, more: bool },
     Unchanged(String),
     Fresh,
     Failed(String),
@@ -226,14 +228,68 @@ async fn materialize_asset(
         lake: lake.clone(),
         upstream: upstream.clone(),
         full_refresh: options.full_refresh,
+        range: options.range,
         progress,
     };
+    // An asset may commit its update in pieces (bounded memory on a long catch-up): it asks to
+    // be called again after each commit, and every piece gets its own attempts.
+    let mut pieces: Option<(i64, u64)> = None;
+    let mut checks = Vec::new();
+    let mut attempts = 0;
+    loop {
+        let mut done = match attempt_with_retries(asset, &context, on_retry).await {
+            Ok(done) => done,
+            Err((message, attempt)) => return failed(message, attempts + attempt),
+        };
+        attempts += done.attempts;
+        checks.append(&mut done.checks);
+        match done.status {
+            Done::Committed {
+                version,
+                rows,
+                more,
+            } => {
+                let rows = rows + pieces.map_or(0, |(_, rows)| rows);
+                pieces = Some((version, rows));
+                if more {
+                    (context.progress)(&format!("committed version {version}; continuing"));
+                    continue;
+                }
+            }
+            Done::Unchanged(_) if pieces.is_some() => {}
+            status => {
+                return AssetResult {
+                    status,
+                    attempts,
+                    checks,
+                }
+            }
+        }
+        let (version, rows) = pieces.expect("a piece was committed");
+        return AssetResult {
+            status: Done::Committed {
+                version,
+                rows,
+                more: false,
+            },
+            attempts,
+            checks,
+        };
+    }
+}
+
+/// One piece of an asset's work, retried while its errors are transient; on failure, the last
+/// error and the attempts made.
+async fn attempt_with_retries(
+    asset: &Asset,
+    context: &AssetContext,
+    on_retry: &mut (dyn FnMut(u32, &AssetError) + Send),
+) -> Result<AssetResult, (String, u32)> {
     let mut seed = jitter_seed();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = attempt_once(asset, &context).await;
-        match result {
+        match attempt_once(asset, context).await {
             Err(err) if err.kind == ErrorKind::Transient && attempt < asset.retry.max_attempts => {
                 on_retry(attempt, &err);
                 seed = seed
@@ -241,10 +297,10 @@ async fn materialize_asset(
                     .wrapping_add(1442695040888963407);
                 tokio::time::sleep(asset.retry.delay_after(attempt, seed >> 11)).await;
             }
-            Err(err) => return failed(err.message, attempt),
+            Err(err) => return Err((err.message, attempt)),
             Ok(mut done) => {
                 done.attempts = attempt;
-                return done;
+                return Ok(done);
             }
         }
     }
@@ -269,6 +325,8 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         mode,
         extra_metadata,
         side_writes,
+        more,
+        consumed,
     } = materialization;
     let (staged, checks) = match output {
         Output::Batches(batches) => {
@@ -313,7 +371,7 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         run_id: context.run_id.clone(),
         asset: context.key.clone(),
         code_version: asset.spec.code_version.clone(),
-        upstream: context.upstream.clone(),
+        upstream: consumed.unwrap_or_else(|| context.upstream.clone()),
         extra: extra_metadata,
     };
     let rows = staged.rows();
@@ -338,7 +396,11 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
             .await?;
     }
     Ok(AssetResult {
-        status: Done::Committed { version, rows },
+        status: Done::Committed {
+            version,
+            rows,
+            more,
+        },
         attempts: 0,
         checks,
     })

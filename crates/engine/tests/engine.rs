@@ -92,6 +92,7 @@ impl Fixture {
             selected,
             only_stale: false,
             full_refresh: false,
+            range: None,
             log_to_file: true,
         };
         let finished = run(&registry, &self.lake, &files, record, &options)
@@ -342,6 +343,8 @@ async fn staged_output_is_committed_once_and_cannot_carry_checks() {
                     mode: quantlens_lake::WriteMode::Append,
                     extra_metadata: Default::default(),
                     side_writes: Vec::new(),
+                    more: false,
+                    consumed: None,
                 }))
             })
         });

@@ -294,7 +294,7 @@ impl Lake {
 
         let snapshot = table.inner.snapshot().map_err(delta(key))?;
         let current = snapshot.metadata();
-        let same_layout = current.partition_columns() == &partition_columns
+        let same_layout = current.partition_columns() == partition_columns
             && current.parse_schema().ok().as_ref() == Some(&columns);
         let mut predicate = None;
         match &mode {

@@ -231,6 +231,8 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
             batches: vec![ledger_batch],
             mode: WriteMode::Append,
         }],
+        more: false,
+        consumed: None,
     }))
 }
 

@@ -17,10 +17,10 @@ use quantlens_lake::arrow::array::{
 };
 use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{batches_to_polars, duckdb_to_lake, polars_to_batches, Table, WriteMode};
+use quantlens_lake::{batches_to_polars, duckdb_to_lake, polars_to_batches, Table};
 
 use crate::bronze::string_column;
-use crate::incremental::{self, Changes, MONTH};
+use crate::incremental::{self, Changes, Piece, Previous, MONTH};
 use crate::silver::{self, typed_column};
 use crate::spec;
 
@@ -118,10 +118,11 @@ fn arrow_error(err: quantlens_lake::arrow::error::ArrowError) -> AssetError {
     AssetError::data(format!("Arrow: {err}"))
 }
 
-/// How an incremental asset gets its upstream's changes since it last ran, or why it need not run.
+/// What an incremental asset does this time, given its upstream's changes since it last ran.
 enum Plan {
     Rebuild,
-    Update(Changes, Table),
+    /// Recompute the next piece of months from the first changed one on.
+    Update(Changes, Box<Previous>, Piece),
     Unchanged(String),
 }
 
@@ -140,17 +141,25 @@ async fn plan(
             "`{upstream_key}` has not changed since version {since}"
         )));
     }
-    Ok(match incremental::changes_since(upstream, since).await? {
-        Some(changes) if changes.is_empty() => Plan::Unchanged(format!(
+    let Some(changes) = incremental::changes_since(upstream, since).await? else {
+        (ctx.progress)(&format!(
+            "`{upstream_key}` was rebuilt since version {since}: rebuilding"
+        ));
+        return Ok(Plan::Rebuild);
+    };
+    let Some(earliest) = changes.earliest() else {
+        return Ok(Plan::Unchanged(format!(
             "`{upstream_key}` changed no rows since version {since}"
+        )));
+    };
+    // Windows carry a change forward, so every month from the first changed one may change.
+    let months = incremental::months_from(upstream, &incremental::month_of(earliest))?;
+    let resume_after = previous.resume_after(upstream.version());
+    Ok(match Piece::next(&months, resume_after.as_deref()) {
+        Some(piece) => Plan::Update(changes, Box::new(previous), piece),
+        None => Plan::Unchanged(format!(
+            "`{upstream_key}` changes since version {since} are all applied"
         )),
-        Some(changes) => Plan::Update(changes, previous.table),
-        None => {
-            (ctx.progress)(&format!(
-                "`{upstream_key}` was rebuilt since version {since}: rebuilding"
-            ));
-            Plan::Rebuild
-        }
     })
 }
 
@@ -163,23 +172,37 @@ async fn compute_returns(ctx: AssetContext) -> Result<Outcome, AssetError> {
             let returns = split_by_month(&returns_schema(), returns_of(rows)?)?;
             Ok(Outcome::Materialized(Materialization::overwrite(returns)))
         }
-        Plan::Update(changes, returns) => update_returns(&ctx, &silver, &returns, changes).await,
+        Plan::Update(changes, previous, piece) => {
+            let batches = update_returns(&ctx, &silver, &previous.table, &changes, &piece).await?;
+            Ok(Outcome::Materialized(piece.update_commit(
+                batches,
+                &changes,
+                silver.version(),
+                &previous,
+                false,
+            )))
+        }
     }
 }
 
-/// Recomputes the changed symbols from their earliest changed date on (reading [`LOOKBACK_ROWS`]
-/// rows before it so the windows are exact), keeps every other row of the months involved as it
-/// was, and replaces those months.
+/// Recomputes the changed symbols' rows in the piece's months from their earliest changed date
+/// on, reading [`LOOKBACK_ROWS`] rows before so the windows are exact, and keeps every other row
+/// of those months as it was.
 async fn update_returns(
     ctx: &AssetContext,
     silver: &Table,
     returns: &Table,
-    changes: Changes,
-) -> Result<Outcome, AssetError> {
-    let first_month = incremental::month_of(changes.earliest().expect("changes are not empty"));
+    changes: &Changes,
+    piece: &Piece,
+) -> Result<Vec<RecordBatch>, AssetError> {
+    let first_month = piece.months.first().expect("a piece has months").clone();
     let mut rows = Vec::new();
     let mut lookback: HashMap<String, usize> = HashMap::new();
-    let mut months: Vec<String> = silver.partition_values(MONTH)?.into_iter().collect();
+    let mut months: Vec<String> = silver
+        .partition_values(MONTH)?
+        .into_iter()
+        .filter(|m| m.as_str() <= piece.through())
+        .collect();
     months.reverse();
     for month in months {
         let enough = lookback.len() == changes.symbols()
@@ -187,6 +210,7 @@ async fn update_returns(
         if month < first_month && enough {
             break;
         }
+        let before_piece = month < first_month;
         let files = incremental::files_in(silver, &BTreeSet::from([month]))?;
         let mut batches = silver.scan_files(files, Some(&SILVER_COLUMNS))?;
         while let Some(batch) = batches.try_next().await? {
@@ -196,7 +220,7 @@ async fn update_returns(
             for row in 0..batch.num_rows() {
                 let symbol = symbols.value(row);
                 let before = lookback.entry(symbol.to_string()).or_default();
-                if !changes.covers(symbol, dates.value(row)) {
+                if before_piece || !changes.covers(symbol, dates.value(row)) {
                     *before += 1;
                 }
             }
@@ -204,16 +228,18 @@ async fn update_returns(
         }
     }
     let recomputed = returns_of(rows)?;
-    let recomputed = keep_rows(&recomputed, |symbol, day| changes.covers(symbol, day))?;
+    let recomputed = keep_rows(&recomputed, |symbol, day| {
+        piece.contains_day(day) && changes.covers(symbol, day)
+    })?;
     (ctx.progress)(&format!(
-        "recomputing {} row(s) of {} symbol(s) from {first_month} on",
+        "recomputing {} row(s) of {} symbol(s) in {first_month} to {}",
         recomputed.num_rows(),
-        changes.symbols()
+        changes.symbols(),
+        piece.through()
     ));
 
-    let months = incremental::months_from(returns, &first_month)?;
     let mut kept = Vec::new();
-    let mut batches = returns.scan_files(incremental::files_in(returns, &months)?, None)?;
+    let mut batches = returns.scan_files(incremental::files_in(returns, &piece.months)?, None)?;
     while let Some(batch) = batches.try_next().await? {
         let batch = batch
             .project(&(0..batch.num_columns() - 1).collect::<Vec<_>>())
@@ -224,26 +250,7 @@ async fn update_returns(
     }
     kept.push(recomputed);
     let merged = concat_batches(&without_month(&returns_schema()), &kept).map_err(arrow_error)?;
-    let batches = split_by_month(&returns_schema(), merged)?;
-    Ok(Outcome::Materialized(replace_months(batches, &changes)))
-}
-
-/// A materialization replacing exactly the months of `batches` (one batch per month), recording
-/// `changes` for the asset downstream.
-fn replace_months(batches: Vec<RecordBatch>, changes: &Changes) -> Materialization {
-    let months: BTreeSet<String> = batches
-        .iter()
-        .filter_map(|b| b.column_by_name(MONTH))
-        .filter_map(|c| {
-            c.as_any()
-                .downcast_ref::<StringArray>()
-                .map(|m| m.value(0).to_string())
-        })
-        .collect();
-    let mut output = Materialization::overwrite(batches);
-    output.mode = WriteMode::ReplacePartitions(months);
-    output.extra_metadata = changes.metadata();
-    output
+    split_by_month(&returns_schema(), merged)
 }
 
 /// The rows of `batch` for which `keep(symbol, date)` holds.
@@ -384,13 +391,16 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
             let daily = market_daily_of(&returns, returns.files()?).await?;
             Ok(Outcome::Materialized(Materialization::overwrite(daily)))
         }
-        Plan::Update(changes, _) => {
-            let first_month =
-                incremental::month_of(changes.earliest().expect("changes are not empty"));
-            let months = incremental::months_from(&returns, &first_month)?;
-            let files = incremental::files_in(&returns, &months)?;
+        Plan::Update(changes, previous, piece) => {
+            let files = incremental::files_in(&returns, &piece.months)?;
             let daily = market_daily_of(&returns, files).await?;
-            Ok(Outcome::Materialized(replace_months(daily, &changes)))
+            Ok(Outcome::Materialized(piece.update_commit(
+                daily,
+                &changes,
+                returns.version(),
+                &previous,
+                false,
+            )))
         }
     }
 }

@@ -4,20 +4,33 @@
 //! (`changed_from` in its commit metadata); the asset downstream reads those records for the
 //! commits it has not seen yet and recomputes only from there. When that trail is broken (a full
 //! refresh, a commit QuantLens did not write, a new code version), the asset rebuilds instead.
+//!
+//! A long update (a late correction years back, a backfill) commits in pieces of at most
+//! [`PIECE_MONTHS`] months, so memory stays bounded. Every piece but the last records the upstream
+//! versions the update started from plus a progress marker (`progress` in the commit metadata):
+//! after a crash the table is still stale, and the next run resumes after the last piece
+//! committed instead of starting over.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, NaiveDate};
-use quantlens_lake::{At, CommitMetadata, Table, TableFile};
+use quantlens_engine::{AssetContext, AssetError, Materialization};
+use quantlens_lake::arrow::array::{Array, RecordBatch, StringArray};
+use quantlens_lake::{At, Table, TableFile, WriteMode};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-use quantlens_engine::{AssetContext, AssetError};
 
 /// The partition column of silver and gold.
 pub const MONTH: &str = "month";
 
 /// The commit metadata key holding a commit's [`Changes`].
 const CHANGED_FROM: &str = "changed_from";
+
+/// The commit metadata key holding an unfinished update's [`Progress`].
+const PROGRESS: &str = "progress";
+
+/// Months committed at once by a long update: a year of 2000 symbols is about 500,000 rows.
+pub const PIECE_MONTHS: usize = 12;
 
 /// Commits that rewrite or delete files without changing what the table holds.
 const NO_DATA_CHANGE: [&str; 3] = ["OPTIMIZE", "VACUUM START", "VACUUM END"];
@@ -134,11 +147,148 @@ impl Changes {
     }
 }
 
-/// What an incremental update starts from: the asset's own table and the version of its upstream
-/// table it was last computed from.
+/// What an incremental update starts from: the asset's own table, the versions of its upstream
+/// tables it was last computed from, and how far an unfinished update got.
 pub struct Previous {
     pub table: Table,
+    pub upstream: BTreeMap<String, i64>,
     pub upstream_version: i64,
+    pub progress: Option<Progress>,
+}
+
+/// How far an update committed in pieces got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The upstream version the update brings the table to.
+    pub target: i64,
+    /// The last month committed.
+    pub through: String,
+    /// For a backfill: the months it covers (first, last) and the run that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<Backfill>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    pub first: String,
+    pub last: String,
+    pub run_id: String,
+}
+
+impl Previous {
+    /// Where an update towards `target` resumes: after the last month a crashed run committed.
+    pub fn resume_after(&self, target: i64) -> Option<String> {
+        self.progress
+            .as_ref()
+            .filter(|p| p.target == target && p.backfill.is_none())
+            .map(|p| p.through.clone())
+    }
+}
+
+/// Consecutive months an update commits at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub months: BTreeSet<String>,
+    /// No months remain after this piece.
+    pub last: bool,
+}
+
+impl Piece {
+    /// The next piece of `months` after `done_through`, or `None` when none remain.
+    pub fn next(months: &BTreeSet<String>, done_through: Option<&str>) -> Option<Piece> {
+        let remaining: Vec<&String> = months
+            .iter()
+            .filter(|m| done_through.is_none_or(|done| m.as_str() > done))
+            .collect();
+        if remaining.is_empty() {
+            return None;
+        }
+        Some(Piece {
+            last: remaining.len() <= PIECE_MONTHS,
+            months: remaining.into_iter().take(PIECE_MONTHS).cloned().collect(),
+        })
+    }
+
+    pub fn through(&self) -> &str {
+        self.months.last().expect("a piece has months")
+    }
+
+    pub fn contains_day(&self, day: i32) -> bool {
+        self.months.contains(&month_of(day))
+    }
+
+    /// The commit of this piece of an update bringing the table to upstream version `target`:
+    /// until the last piece, progress is marked and the update's starting versions recorded.
+    /// `more` asks to be called again after the last piece too.
+    pub fn update_commit(
+        &self,
+        batches: Vec<RecordBatch>,
+        changes: &Changes,
+        target: i64,
+        previous: &Previous,
+        more: bool,
+    ) -> Materialization {
+        let progress = (!self.last).then(|| Progress {
+            target,
+            through: self.through().to_string(),
+            backfill: None,
+        });
+        let consumed = (!self.last).then(|| previous.upstream.clone());
+        Piece::materialization(batches, changes, progress, consumed, !self.last || more)
+    }
+
+    /// The commit of this piece: it replaces the months `batches` hold (one batch per month) and
+    /// records `changes` for the asset downstream. Unless `progress` is `None` (the update is
+    /// complete), it marks progress, and records `consumed` as the upstream versions read when
+    /// given; `more` asks to be called again.
+    pub fn materialization(
+        batches: Vec<RecordBatch>,
+        changes: &Changes,
+        progress: Option<Progress>,
+        consumed: Option<BTreeMap<String, i64>>,
+        more: bool,
+    ) -> Materialization {
+        let months: BTreeSet<String> = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .filter_map(|b| b.column_by_name(MONTH))
+            .filter_map(|c| {
+                c.as_any()
+                    .downcast_ref::<StringArray>()
+                    .map(|m| m.value(0).to_string())
+            })
+            .collect();
+        let mut output = Materialization::overwrite(batches);
+        // Nothing to replace (no rows in these months): an empty append still records progress.
+        output.mode = if months.is_empty() {
+            WriteMode::Append
+        } else {
+            WriteMode::ReplacePartitions(months)
+        };
+        output.extra_metadata = changes.metadata();
+        if let Some(progress) = progress {
+            output.extra_metadata.insert(
+                PROGRESS.into(),
+                serde_json::to_value(progress).expect("progress serializes"),
+            );
+        }
+        output.consumed = consumed;
+        output.more = more;
+        output
+    }
+}
+
+/// The calendar months from `first` to `last` ("YYYY-MM"), inclusive.
+pub fn months_between(first: NaiveDate, last: NaiveDate) -> BTreeSet<String> {
+    let mut months = BTreeSet::new();
+    let mut day = first.with_day(1).expect("day 1 exists");
+    while day <= last {
+        months.insert(month_of(day_of(day)));
+        day = day
+            .checked_add_months(chrono::Months::new(1))
+            .expect("dates stay in chrono's range");
+    }
+    months
 }
 
 /// The asset's last result, if it can be updated in place: it exists, was written by this code
@@ -154,19 +304,28 @@ pub async fn previous(
     let Some(table) = ctx.lake.load(&ctx.key, At::Latest).await? else {
         return Ok(None);
     };
-    let lineage: Option<CommitMetadata> = table.lineage().await?;
-    let Some(upstream_version) = lineage
+    let Some(lineage) = table
+        .lineage()
+        .await?
         .filter(|l| l.code_version == code_version)
-        .and_then(|l| l.upstream.get(upstream).copied())
     else {
+        return Ok(None);
+    };
+    let Some(upstream_version) = lineage.upstream.get(upstream).copied() else {
         return Ok(None);
     };
     if table.partition_columns()? != [MONTH] {
         return Ok(None);
     }
+    let progress = lineage
+        .extra
+        .get(PROGRESS)
+        .and_then(|p| serde_json::from_value(p.clone()).ok());
     Ok(Some(Previous {
         table,
+        upstream: lineage.upstream,
         upstream_version,
+        progress,
     }))
 }
 
@@ -203,6 +362,29 @@ mod tests {
         assert_eq!(month_of(day_of(date)), "2024-03");
         assert_eq!(date_of(day_of(date)), date);
         assert_eq!(month_of(0), "1970-01");
+    }
+
+    #[test]
+    fn pieces_cover_the_months_in_order_and_resume_after_the_last_done() {
+        let months: BTreeSet<String> = (1..=30)
+            .map(|i| format!("{:04}-{:02}", 2000 + (i - 1) / 12, (i - 1) % 12 + 1))
+            .collect();
+        let first = Piece::next(&months, None).unwrap();
+        assert_eq!(first.months.len(), PIECE_MONTHS);
+        assert!(!first.last);
+        assert_eq!(first.through(), "2000-12");
+        let third = Piece::next(&months, Some("2001-12")).unwrap();
+        assert_eq!(third.months.first().unwrap(), "2002-01");
+        assert!(third.last && third.months.len() == 6);
+        assert_eq!(Piece::next(&months, Some("2002-06")), None);
+        let between = months_between(
+            NaiveDate::from_ymd_opt(2023, 11, 15).unwrap(),
+            NaiveDate::from_ymd_opt(2024, 2, 1).unwrap(),
+        );
+        assert_eq!(
+            between.into_iter().collect::<Vec<_>>(),
+            ["2023-11", "2023-12", "2024-01", "2024-02"]
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use quantlens_engine::{
-    Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy, SideWrite,
+    Asset, AssetContext, AssetError, Check, DateRange, Materialization, Outcome, RetryPolicy,
+    SideWrite,
 };
 use quantlens_lake::arrow::array::{
     Array, ArrayBuilder, Date32Array, Float64Array, Int32Array, Int64Array, Int64Builder,
@@ -23,7 +24,7 @@ use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{Table, TableFile, WriteMode};
 
 use crate::bronze::{self, string_column, utc_timestamp};
-use crate::incremental::{self, Changes, MONTH};
+use crate::incremental::{self, Backfill, Changes, Piece, Previous, Progress, MONTH};
 use crate::landing::{raw_fields, RawColumns, HEADER};
 use crate::spec;
 
@@ -310,20 +311,24 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
     let Some(previous) = incremental::previous(&ctx, bronze::PRICES, CODE_VERSION).await? else {
         return rebuild(&bronze).await;
     };
-    if previous.upstream_version == bronze.version() {
-        return Ok(Outcome::Unchanged {
-            reason: format!("no bronze rows since version {}", previous.upstream_version),
-        });
+    // Catch up with bronze first, so that a backfill starts from an up-to-date table.
+    if previous.upstream_version != bronze.version() {
+        return match bronze.appended_since(previous.upstream_version).await? {
+            Some(new_files) => update(&ctx, &bronze, new_files, &previous).await,
+            None => {
+                (ctx.progress)(&format!(
+                    "bronze did more than append since version {}: rebuilding",
+                    previous.upstream_version
+                ));
+                rebuild(&bronze).await
+            }
+        };
     }
-    match bronze.appended_since(previous.upstream_version).await? {
-        Some(new_files) => update(&ctx, &bronze, new_files, &previous.table).await,
-        None => {
-            (ctx.progress)(&format!(
-                "bronze did more than append since version {}: rebuilding",
-                previous.upstream_version
-            ));
-            rebuild(&bronze).await
-        }
+    match ctx.range {
+        Some(range) => backfill(&ctx, &bronze, &previous, range).await,
+        None => Ok(Outcome::Unchanged {
+            reason: format!("no bronze rows since version {}", bronze.version()),
+        }),
     }
 }
 
@@ -332,7 +337,7 @@ async fn rebuild(bronze: &Table) -> Result<Outcome, AssetError> {
     let mut derivation = Derivation::with_capacity(bronze.row_count()? as usize);
     let mut batches = bronze.scan(None)?;
     while let Some(batch) = batches.try_next().await? {
-        derivation.add_bronze(&batch)?;
+        derivation.add_bronze(&batch, |_| true)?;
     }
     let derived = derivation.finish()?;
     let mut silver = Materialization::overwrite(derived.batches);
@@ -346,48 +351,140 @@ async fn rebuild(bronze: &Table) -> Result<Outcome, AssetError> {
 }
 
 /// Applies the bronze rows appended since the last run: the months they fall in are derived
-/// again from those rows plus the silver rows already there, and replaced.
+/// again from those rows plus the silver rows already there, and replaced, a piece at a time.
 async fn update(
     ctx: &AssetContext,
     bronze: &Table,
     new_files: Vec<TableFile>,
-    silver: &Table,
+    previous: &Previous,
 ) -> Result<Outcome, AssetError> {
     let mut derivation = Derivation::with_capacity(0);
     let mut batches = bronze.scan_files(new_files, None)?;
     while let Some(batch) = batches.try_next().await? {
-        derivation.add_bronze(&batch)?;
+        derivation.add_bronze(&batch, |_| true)?;
     }
     let months = derivation.months();
+    let resume_after = previous.resume_after(bronze.version());
+    let Some(piece) = Piece::next(&months, resume_after.as_deref()) else {
+        // Only rejects, or a crash right after the last piece: record the bronze version read.
+        return Ok(Outcome::Materialized(
+            Piece::materialization(
+                Vec::new(),
+                &Changes::default(),
+                None,
+                None,
+                ctx.range.is_some(),
+            )
+            .with_rejects(derivation.rejects.finish()?, resume_after.is_none()),
+        ));
+    };
     (ctx.progress)(&format!(
-        "{} new bronze row(s) touch {} month(s)",
+        "{} new bronze row(s) touch {} month(s); deriving {} to {}",
         derivation.candidates.len() + derivation.rejects.len(),
-        months.len()
+        months.len(),
+        piece.months.first().expect("a piece has months"),
+        piece.through()
     ));
-    let mut batches = silver.scan_files(incremental::files_in(silver, &months)?, None)?;
+    derivation.candidates.retain(|c| piece.contains_day(c.date));
+    let mut batches = previous
+        .table
+        .scan_files(incremental::files_in(&previous.table, &piece.months)?, None)?;
     while let Some(batch) = batches.try_next().await? {
         derivation.add_silver(&batch)?;
     }
     let derived = derivation.finish()?;
-    let mut output = if months.is_empty() {
-        // Only rejects: an empty append records that this bronze version was read.
-        Materialization::overwrite(Vec::new())
-    } else {
-        Materialization::overwrite(derived.batches)
-    };
-    output.mode = if months.is_empty() {
-        WriteMode::Append
-    } else {
-        WriteMode::ReplacePartitions(months)
-    };
-    output.extra_metadata = derived.changes.metadata();
-    output.side_writes.push(SideWrite {
-        key: REJECTS.into(),
-        schema: rejects_schema(),
-        batches: vec![derived.rejects],
-        mode: WriteMode::Append,
-    });
+    let output = piece
+        .update_commit(
+            derived.batches,
+            &derived.changes,
+            bronze.version(),
+            previous,
+            ctx.range.is_some(),
+        )
+        // Rejects are appended once per update, with its first piece.
+        .with_rejects(derived.rejects, resume_after.is_none());
     Ok(Outcome::Materialized(output))
+}
+
+/// `--from/--to`: derives the months of the range again from every bronze row, a piece at a time
+/// (one bronze scan per piece), replacing them. Rejects are left as they are.
+async fn backfill(
+    ctx: &AssetContext,
+    bronze: &Table,
+    previous: &Previous,
+    range: DateRange,
+) -> Result<Outcome, AssetError> {
+    let months = incremental::months_between(range.from, range.to);
+    let (first, last) = (
+        months.first().cloned().unwrap_or_default(),
+        months.last().cloned().unwrap_or_default(),
+    );
+    let started = previous.progress.as_ref().filter(|p| {
+        p.target == bronze.version()
+            && p.backfill
+                .as_ref()
+                .is_some_and(|b| (&b.first, &b.last) == (&first, &last))
+    });
+    let resume_after = match started {
+        Some(p)
+            if p.through == last && p.backfill.as_ref().is_some_and(|b| b.run_id == ctx.run_id) =>
+        {
+            return Ok(Outcome::Unchanged {
+                reason: format!("backfill of {first} to {last} done"),
+            })
+        }
+        Some(p) if p.through != last => Some(p.through.clone()),
+        _ => None,
+    };
+    let piece = Piece::next(&months, resume_after.as_deref())
+        .expect("an unfinished backfill has months left");
+    (ctx.progress)(&format!(
+        "backfill: deriving {} to {} from every bronze row",
+        piece.months.first().expect("a piece has months"),
+        piece.through()
+    ));
+    let mut derivation = Derivation::with_capacity(0);
+    derivation.record_rejects = false;
+    let mut batches = bronze.scan(None)?;
+    while let Some(batch) = batches.try_next().await? {
+        derivation.add_bronze(&batch, |day| piece.contains_day(day))?;
+    }
+    let derived = derivation.finish()?;
+    let progress = Progress {
+        target: bronze.version(),
+        through: piece.through().to_string(),
+        backfill: Some(Backfill {
+            first,
+            last,
+            run_id: ctx.run_id.clone(),
+        }),
+    };
+    Ok(Outcome::Materialized(Piece::materialization(
+        derived.batches,
+        &derived.changes,
+        Some(progress),
+        None,
+        !piece.last,
+    )))
+}
+
+/// Adds the rejects side write to a silver commit.
+trait WithRejects {
+    fn with_rejects(self, rejects: RecordBatch, write: bool) -> Self;
+}
+
+impl WithRejects for Materialization {
+    fn with_rejects(mut self, rejects: RecordBatch, write: bool) -> Self {
+        if write && rejects.num_rows() > 0 {
+            self.side_writes.push(SideWrite {
+                key: REJECTS.into(),
+                schema: rejects_schema(),
+                batches: vec![rejects],
+                mode: WriteMode::Append,
+            });
+        }
+        self
+    }
 }
 
 /// Silver rows derived from candidates, with what changed and what was rejected.
@@ -406,6 +503,8 @@ struct Derivation {
     symbols: Interner,
     files: Interner,
     rejects: RejectsBuilder,
+    /// Off for a backfill, which re-reads deliveries whose rejects are already recorded.
+    record_rejects: bool,
 }
 
 impl Derivation {
@@ -415,10 +514,16 @@ impl Derivation {
             symbols: Interner::default(),
             files: Interner::default(),
             rejects: RejectsBuilder::new(),
+            record_rejects: true,
         }
     }
 
-    fn add_bronze(&mut self, batch: &RecordBatch) -> Result<(), AssetError> {
+    /// Validates bronze rows; valid rows dated on a day `keep` accepts become candidates.
+    fn add_bronze(
+        &mut self,
+        batch: &RecordBatch,
+        keep: impl Fn(i32) -> bool,
+    ) -> Result<(), AssetError> {
         let raw: Vec<&StringArray> = HEADER
             .iter()
             .map(|name| string_column(batch, name))
@@ -431,6 +536,7 @@ impl Derivation {
             let fields: [Option<&str>; 7] =
                 std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
             match validate(&fields, field_count.value(row)) {
+                Ok(valid) if !keep(incremental::day_of(valid.date)) => {}
                 Ok(valid) => self.candidates.push(Candidate {
                     symbol: self.symbols.id(valid.symbol),
                     date: incremental::day_of(valid.date),
@@ -444,6 +550,7 @@ impl Derivation {
                     line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
                     fresh: true,
                 }),
+                Err(_) if !self.record_rejects => {}
                 Err(broken) => self.rejects.push(
                     &fields,
                     source_file.value(row),

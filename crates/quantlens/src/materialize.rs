@@ -3,7 +3,7 @@
 
 use anyhow::anyhow;
 use clap::Args;
-use quantlens_engine::RunOptions;
+use quantlens_engine::{DateRange, RunOptions};
 use quantlens_lake::FileStore;
 use quantlens_pipeline::demo::{write_demo, DemoOptions};
 use quantlens_pipeline::landing::is_candidate;
@@ -28,6 +28,14 @@ pub struct MaterializeArgs {
     /// also re-reads every landing file instead of trusting name, size and modification time).
     #[arg(long)]
     full_refresh: bool,
+    /// Backfill: re-derive silver/prices for the dates from FROM to TO (YYYY-MM-DD, widened to
+    /// whole months) from every bronze row, a year at a time, after catching up; gold follows.
+    /// An interrupted backfill resumes where it stopped when run again with the same range.
+    #[arg(long, requires = "to", value_name = "FROM")]
+    from: Option<chrono::NaiveDate>,
+    /// Last date of the backfill (see --from).
+    #[arg(long, requires = "from", value_name = "TO")]
+    to: Option<chrono::NaiveDate>,
     /// Write the demo landing data first when LANDING_DIR holds no files.
     #[arg(long)]
     demo: bool,
@@ -47,6 +55,32 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         .into_iter()
         .map(|k| k.to_string())
         .collect();
+    let range = match (args.from, args.to) {
+        (Some(from), Some(to)) if from > to => {
+            return Err(fail(
+                exit::USAGE,
+                anyhow!("--from {from} is after --to {to}"),
+            ))
+        }
+        (Some(_), Some(_)) if args.full_refresh => {
+            return Err(fail(
+                exit::USAGE,
+                anyhow!("--from/--to and --full-refresh exclude each other: a full refresh rebuilds every date"),
+            ))
+        }
+        (Some(_), Some(_)) if !selected.iter().any(|k| k == quantlens_pipeline::silver::PRICES) => {
+            return Err(fail(
+                exit::USAGE,
+                anyhow!(
+                    "--from/--to re-derives `{}` from bronze (gold follows); select it, e.g. --select '{}+'",
+                    quantlens_pipeline::silver::PRICES,
+                    quantlens_pipeline::silver::PRICES
+                ),
+            ))
+        }
+        (Some(from), Some(to)) => Some(DateRange { from, to }),
+        _ => None,
+    };
     let lake = locations.lake()?;
     let state = StateDir::new(&locations.state_dir);
     state.create()?;
@@ -79,6 +113,7 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         selected,
         only_stale: args.stale,
         full_refresh: args.full_refresh,
+        range,
         log_to_file: std::env::var_os("QUANTLENS_LOG_CAPTURED").is_none(),
     };
     let record = quantlens_engine::run(&registry, &lake, &files, record, &options)
