@@ -334,9 +334,19 @@ pub async fn previous(
 /// exact.
 pub async fn changes_since(upstream: &Table, since: i64) -> Result<Option<Changes>, AssetError> {
     let newer = (upstream.version() - since).max(0) as usize;
+    let commits: Vec<_> = upstream
+        .history(Some(newer))
+        .await?
+        .into_iter()
+        .filter(|c| c.version > since)
+        .collect();
+    // Log files past the retention period are gone: without every commit, the trail is unknown.
+    if commits.len() != newer {
+        return Ok(None);
+    }
     let mut changes = Changes::default();
-    for commit in upstream.history(Some(newer)).await? {
-        if commit.version <= since || NO_DATA_CHANGE.contains(&commit.operation.as_str()) {
+    for commit in commits {
+        if NO_DATA_CHANGE.contains(&commit.operation.as_str()) {
             continue;
         }
         let recorded = commit
