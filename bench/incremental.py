@@ -8,7 +8,7 @@ re-reads them), times the full build, then delivers the following trading days o
 as a feed would (a fresh file, the history untouched),
 and times one `quantlens materialize` per day: wall time, peak RSS, per-asset seconds and what
 each table's commit touched. The daily sequence is repeated from a copy of the freshly built lake
-(`--repeat`) and the median is reported.
+(`--repeat`, default 5; the full build `--full-repeat`, default 3) and the median is reported.
 
 Part 2 (log): a small lake (default 20 symbols) gets `--log-runs` daily deliveries, one run each
 (each run adds one commit to every table), and at 10, 100, 250, 500, 1000 commits the script times
@@ -90,6 +90,11 @@ def seconds_between(a, b):
     return (parse(b) - parse(a)).total_seconds()
 
 
+def asset_seconds(record):
+    return {a["key"]: seconds_between(a["started_at"], a["finished_at"]) for a in record["assets"]
+            if a["started_at"] and a["finished_at"]}
+
+
 def run_record(state, run_id):
     return json.loads((state / "runs" / run_id / "run.json").read_text())
 
@@ -169,7 +174,7 @@ def summarise(label, values, unit, fmt="{:.3f}"):
 # Part 1: daily runs on a large history
 
 
-def history(binary, root, symbols, days, daily, repeat, verbose, backdate):
+def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_repeat):
     top = root / f"history-{days}"
     landing, next_dir = top / "landing", top / "next"
     work, base = top / "work", top / "base"
@@ -206,12 +211,17 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate):
     print("daily deliveries: " + "; ".join(
         ", ".join(f"{n} ({(next_dir / n).stat().st_size / 1e3:.0f} kB)" for n in group) for group in days_new))
 
-    full = Run([binary, "materialize", "--run-id", "full"], env)
-    record = run_record(work / "state", "full")
-    print(f"full build (empty lake): {full.seconds:.2f} s wall, peak RSS {mib(full.peak_kib)}, "
-          f"{full.cpu:.1f} s CPU")
-    for line in describe_run(record, work / "data"):
-        print(line)
+    builds = []
+    for rep in range(full_repeat):
+        shutil.rmtree(work, ignore_errors=True)
+        os.sync()
+        full = Run([binary, "materialize", "--run-id", f"full-{rep + 1}"], env)
+        builds.append(full)
+        record = run_record(work / "state", f"full-{rep + 1}")
+        print(f"full build (empty lake) rep {rep + 1}: {full.seconds:.2f} s wall, peak RSS {mib(full.peak_kib)}, "
+              f"{full.cpu:.1f} s CPU")
+        for line in describe_run(record, work / "data"):
+            print(line)
     print(f"lake: {disk_mb(work / 'data'):.0f} MB on disk")
 
     shutil.rmtree(base, ignore_errors=True)
@@ -229,8 +239,9 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate):
                 shutil.copyfile(next_dir / name, landing / name)  # a fresh delivery, new mtime
             run_id = f"day{day + 1}-rep{rep + 1}"
             run = Run([binary, "materialize", "--run-id", run_id], env)
-            results[day].append(run)
             record = run_record(work / "state", run_id)
+            run.assets = asset_seconds(record)
+            results[day].append(run)
             print(f"  day {day + 1} ({', '.join(group)}) rep {rep + 1}: {run.seconds:.3f} s wall, "
                   f"peak RSS {mib(run.peak_kib)}, {run.cpu:.2f} s CPU, {bronze_read(run, landing)}")
             if rep == 0 or verbose:
@@ -246,10 +257,16 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate):
               f"{run.cpu:.2f} s CPU, {bronze_read(run, landing)}")
 
     print(f"--- summary, {days} days of history ---")
-    print(f"full build: {full.seconds:.2f} s, peak RSS {mib(full.peak_kib)}")
+    print(summarise("full build wall", [r.seconds for r in builds], "s", "{:.2f}"))
+    print(summarise("full build peak RSS", [r.peak_mib for r in builds], "MiB", "{:.0f}"))
+    print(summarise("full build CPU", [r.cpu for r in builds], "s", "{:.1f}"))
     for day, runs in enumerate(results):
         print(summarise(f"day {day + 1} wall", [r.seconds for r in runs], "s"))
         print(summarise(f"day {day + 1} peak RSS", [r.peak_mib for r in runs], "MiB", "{:.0f}"))
+        keys = list(runs[0].assets)
+        parts = [f"{k} {statistics.median(r.assets[k] for r in runs):.3f}" for k in keys]
+        outside = statistics.median(r.seconds - sum(r.assets.values()) for r in runs)
+        print(f"day {day + 1} per asset, median s: {', '.join(parts)}; outside assets {outside:.3f}")
     print(summarise("no new file wall", [r.seconds for r in idle], "s"))
     print(summarise("no new file peak RSS", [r.peak_mib for r in idle], "MiB", "{:.0f}"))
     shutil.rmtree(top, ignore_errors=True)
@@ -355,7 +372,8 @@ def main():
     parser.add_argument("--days", type=int, nargs="+", default=[2500, 5000],
                         help="history lengths in trading days (default 2500 5000: 10 and 20 years)")
     parser.add_argument("--daily", type=int, default=3, help="consecutive daily deliveries to time")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions of the daily sequence")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions of the daily sequence")
+    parser.add_argument("--full-repeat", type=int, default=3, help="repetitions of the full build")
     parser.add_argument("--fresh-history", action="store_true",
                         help="keep the history files' fresh modification times (bronze then re-reads them daily)")
     parser.add_argument("--log-symbols", type=int, default=20)
@@ -374,7 +392,7 @@ def main():
         if args.only != "log":
             for days in args.days:
                 history(binary, root, args.symbols, days, args.daily, args.repeat, args.verbose,
-                        not args.fresh_history)
+                        not args.fresh_history, args.full_repeat)
         if args.only != "history" and args.log_runs > 0:
             marks = {m for m in (10, 100, 250, 500, 1000) if m <= args.log_runs} | {args.log_runs}
             log_growth(binary, root, args.log_symbols, args.log_runs, marks, args.log_times)

@@ -93,6 +93,10 @@ class Commit:
         return self.info["quantlens"]["run_id"]
 
     @property
+    def rows_added(self):
+        return sum(json.loads(a["stats"])["numRecords"] for a in self.adds)
+
+    @property
     def touched_months(self):
         return {a["partitionValues"]["month"] for a in self.adds + self.removes}
 
@@ -151,8 +155,9 @@ def assert_identical(actual, expected, keys, what):
 
 
 def changed_keys(diff, column):
-    return {tuple(r[:-1]) for r in diff.filter(pl.col("columns").list.contains(column))
-            .select(*diff.columns[:-3], "columns").rows()}
+    """The keys of the rows of a `differences` frame whose `column` differs."""
+    keys = diff.columns[:-3]  # then in_old, in_new, columns
+    return set(diff.filter(pl.col("columns").list.contains(column)).select(keys).rows())
 
 
 # --- 1. day by day ----------------------------------------------------------------------------
@@ -182,8 +187,7 @@ def test_daily_runs_equal_a_full_refresh_and_a_single_run_over_all_files(lake):
         assert rejecting, "the demo data should hold junk rows"
         assert commits == sorted(set(commits)) and rejecting <= set(commits), commits
         for version, run_id in enumerate(commits):
-            rows = lake.frame(key, version).height - (lake.frame(key, version - 1).height
-                                                     if version else 0)
+            rows = Commit(lake, key, version).rows_added
             assert (rows > 0) == (run_id in rejecting), (version, run_id, rows)
 
     silver = daily["silver/prices"]
@@ -282,16 +286,21 @@ def test_a_late_correction_recomputes_only_what_depends_on_the_corrected_close(l
     # Silver: that one row, now from the correction file.
     diff = differences(before["silver/prices"], after["silver/prices"], ["symbol", "date"])
     assert diff.select("symbol", "date").rows() == [(symbol, old["date"])], diff
-    row = after["silver/prices"].filter((pl.col("symbol") == symbol) & (pl.col("date") == old["date"]))
-    assert row.select("open", "high", "low", "close", "volume", "source_file", "source_line").row(0) \
-        == (old["open"], new_high, old["low"], new_close, old["volume"], "correction_0001.csv", 2)
+    corrected = after["silver/prices"].filter(
+        (pl.col("symbol") == symbol) & (pl.col("date") == old["date"])).row(0, named=True)
+    assert {c: corrected[c] for c in ("open", "high", "low", "close", "volume")} == {
+        "open": old["open"], "high": new_high, "low": old["low"], "close": new_close,
+        "volume": old["volume"]}
+    assert (corrected["source_file"], corrected["source_line"]) == ("correction_0001.csv", 2)
     assert_identical(after["silver/prices_rejects"], before["silver/prices_rejects"],
                      KEYS["silver/prices_rejects"], "rejects")
 
     # gold/returns: exactly the rows whose windows contain the corrected close, column by column.
     diff = differences(before["gold/returns"], after["gold/returns"], ["symbol", "date"])
     assert diff["in_old"].all() and diff["in_new"].all()
-    rows = lambda first, last: {(symbol, d) for d in dates[first:last + 1]}  # noqa: E731
+    def rows(first, last):
+        return {(symbol, d) for d in dates[first:last + 1]}
+
     expected = {
         "close": rows(k, k), "volume": set(), "month": set(),
         "log_return": rows(k, k + 1),    # ln(c_k / c_k-1) and ln(c_k+1 / c_k)
@@ -306,13 +315,23 @@ def test_a_late_correction_recomputes_only_what_depends_on_the_corrected_close(l
     for key in ["silver/prices", "silver/prices_rejects", "gold/returns"]:
         assert_identical(after[key], refreshed[key], KEYS[key], f"{key}: correction vs refresh")
 
-    # gold/market_daily reads close, volume and log_return: only dates where those changed may
-    # differ. Every other date aggregates exactly the same rows as before.
+    # gold/market_daily: a date none of whose returns rows changed aggregates the same values as
+    # before, so it must come out the same. More precisely, market_daily reads only close, volume
+    # and log_return, which changed on two dates.
+    daily_diff = differences(before["gold/market_daily"], after["gold/market_daily"], ["date"])
+    returns_changed = {d for _, d in diff.select("symbol", "date").rows()}
+    unexplained = daily_diff.filter(~pl.col("date").is_in(sorted(returns_changed)))
+    deltas = before["gold/market_daily"].join(after["gold/market_daily"], on="date",
+                                              suffix="_after").join(unexplained, on="date")
+    assert unexplained.height == 0, (
+        f"market_daily changed on {unexplained.height} date(s) where no returns row did:\n"
+        + "\n".join(f"{r['date']}: mean_return {r['mean_return']!r} -> {r['mean_return_after']!r}, "
+                    f"dollar_volume {r['dollar_volume']!r} -> {r['dollar_volume_after']!r}"
+                    for r in deltas.iter_rows(named=True)))
     inputs_changed = set()
     for column in ("close", "volume", "log_return"):
         inputs_changed |= {d for _, d in changed_keys(diff, column)}
     assert inputs_changed == {dates[k], dates[k + 1]}
-    daily_diff = differences(before["gold/market_daily"], after["gold/market_daily"], ["date"])
     assert set(daily_diff["date"]) == inputs_changed, daily_diff
     assert_identical(after["gold/market_daily"], refreshed["gold/market_daily"], ["date"],
                      "gold/market_daily: correction vs refresh")

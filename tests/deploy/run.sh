@@ -9,6 +9,7 @@
 # Cache (kept between runs, outside the clone): QUANTLENS_DEPLOY_CACHE, default $HOME/.cache/quantlens
 #   debootstrap-bookworm-<arch>-<key>.tar.zst   the debootstrap'd Debian root (key: package list)
 #   deploy-venv/                                 ansible + ansible-lint, pinned
+#   moto-venv/                                   moto's S3-compatible server (as tests/requirements.txt)
 #
 # What it checks, in order (each line of output is "ok - ..." or "FAIL - ..."):
 #  1. systemd/: verify --recursive-errors=yes, security --offline exposure <= 2.0, calendar,
@@ -27,8 +28,19 @@
 #     again; the timers are scheduled; the timer's service runs through the same run lock (75
 #     counts as success); a failing unit leaves an alert in the journal and a marker; UFW active;
 #     the socket's IP allow-list drops an address that is not on it.
-#  6. Deploy a new release into that running VM with the same playbook (handlers restart the
-#     daemon through the run lock; old release pruned); a second deploy reports changed=0.
+#  6. Backup, maintenance, restore in that VM: quantlens-maintain.service leaves checkpoints;
+#     quantlens-backup.service writes a backup to a local directory (`backup list`, `verify`),
+#     and a failing backup raises the alert; quantlens-restore.service refuses to restore over
+#     tables, then after a simulated disaster (tables moved away) brings back the same tables at
+#     the same versions. Each step is timed.
+#  7. Deploy a new release into that running VM with the same playbook (handlers restart the
+#     daemon through the run lock; old release pruned); a second deploy reports changed=0; dr.yml
+#     refuses to restore over existing tables.
+#  8. The eject path: an S3-compatible server (moto) inside the VM's network namespace, then
+#     dr.yml for real with DATA_ROOT=s3://...: it restores the newest backup into the bucket, the
+#     object-storage keys reach exactly the units that need them (LoadCredential drop-ins, never in
+#     the environment file or a unit), and the daemon's worker, the timer's run, the maintenance
+#     and the backup all work on the s3:// lake.
 # Without --keep the work directory (/var/tmp/quantlens-deploy.*) is removed at the end.
 # The last line is "deploy: N passed, M failed"; the exit status is non-zero on any failure.
 set -euo pipefail
@@ -59,9 +71,11 @@ QUANTLENS_TRIGGER_BIN=${QUANTLENS_TRIGGER_BIN:-$TARGET_DIR/debug/quantlens-trigg
 ANSIBLE_VERSION=12.3.0
 ANSIBLE_CORE_VERSION=2.19.14
 ANSIBLE_LINT_VERSION=26.10.1
+MOTO_VERSION=5.2.1     # as in tests/requirements.txt
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VENV="$CACHE/deploy-venv"
+MOTO_VENV="$CACHE/moto-venv"
 mkdir -p "$CACHE"
 
 WORK=$(mktemp -d /var/tmp/quantlens-deploy.XXXXXX)
@@ -73,10 +87,15 @@ NS_FE="qlfe$$"         # the frontend's namespace
 NS_X="qlx$$"           # anyone else
 NSPAWN_PID=""
 LISTENER_PIDS=""
+MOTO_PID=""
 
 cleanup() {
     local rc=$?
     set +e
+    if [ -n "$MOTO_PID" ]; then
+        kill "$MOTO_PID" 2>/dev/null
+        wait "$MOTO_PID" 2>/dev/null
+    fi
     if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
         kill -TERM "$NSPAWN_PID" 2>/dev/null   # nspawn turns SIGTERM into a clean container shutdown
         for _ in $(seq 1 30); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 1; done
@@ -124,6 +143,14 @@ install_tools() {
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet --disable-pip-version-check \
             "ansible==$ANSIBLE_VERSION" "ansible-core==$ANSIBLE_CORE_VERSION" "ansible-lint==$ANSIBLE_LINT_VERSION"
+    fi
+    # moto's S3 server for the eject check, in a venv of its own (its pins stay out of Ansible's).
+    if ! $STATIC_ONLY &&
+        [ "$("$MOTO_VENV/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+        log "pip install moto[server]==$MOTO_VERSION"
+        rm -rf "$MOTO_VENV"
+        python3 -m venv "$MOTO_VENV"
+        "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
     fi
     export PATH="$VENV/bin:$PATH"
     log "$(systemd-analyze --version | head -1); $(ansible --version | head -1); ansible-lint $ANSIBLE_LINT_VERSION"
@@ -189,15 +216,16 @@ YAML
   "quantlens_trigger_allow_from": ["10.213.1.2"],
   "quantlens_trigger_token": "$TOKEN",
   "quantlens_idle_exit": 5,
-  "quantlens_maintain_enabled": false,
   "base_apt_update_cache": false,
-  "backup_to": "s3://quantlens-deploy-test/backups",
-  "backup_s3_access_key_id": "test-access-key",
-  "backup_s3_secret_access_key": "test-secret-key",
-  "backup_s3_region": "eu-central-1"
+  "backup_to": "$BACKUP_DIR",
+  "backup_keep": 5
 }
 JSON
 }
+
+# The local backup target: outside /var/lib/quantlens, so the backup role's ReadWritePaths drop-in
+# is what makes it writable.
+BACKUP_DIR=/var/backups/quantlens
 
 # converge N: ansible-playbook site.yml into the root, run inside the VM's network namespace with
 # /proc mounted in the chroot (in a mount namespace of its own, so nothing leaks). Prints the recap.

@@ -414,13 +414,16 @@ async fn market_daily_of(
     if paths.is_empty() {
         return Ok(Vec::new());
     }
+    // Floating-point sums depend on the order of their terms, and an incremental run stores a
+    // month's rows in another order than a rebuild: summing in symbol order makes every value a
+    // function of the day's rows alone.
     let sql = format!(
         "SELECT date,
                 count(*)::BIGINT AS symbols,
-                avg(log_return) AS mean_return,
+                avg(log_return ORDER BY symbol) AS mean_return,
                 count(*) FILTER (WHERE log_return > 0)::BIGINT AS advancers,
                 count(*) FILTER (WHERE log_return < 0)::BIGINT AS decliners,
-                sum(close * volume::DOUBLE) AS dollar_volume
+                sum(close * volume::DOUBLE ORDER BY symbol) AS dollar_volume
          FROM read_parquet({})
          GROUP BY date
          ORDER BY date",
