@@ -6,6 +6,8 @@
 # Binaries (the ones the playbook installs; built for this machine's architecture):
 #   QUANTLENS_BIN          default ${CARGO_TARGET_DIR:-$HOME/.cache/quantlens/target}/debug/quantlens
 #   QUANTLENS_TRIGGER_BIN  default ${CARGO_TARGET_DIR:-$HOME/.cache/quantlens/target}/debug/quantlens-trigger
+# Demo data in the VM: QUANTLENS_DEPLOY_DEMO, `quantlens demo` arguments, default "--symbols 8
+#   --days 40" (a larger lake, e.g. "--symbols 200 --days 1000", for timing backup and restore).
 # Cache (kept between runs, outside the clone): QUANTLENS_DEPLOY_CACHE, default $HOME/.cache/quantlens
 #   debootstrap-bookworm-<arch>-<key>.tar.zst   the debootstrap'd Debian root (key: package list)
 #   deploy-venv/                                 ansible + ansible-lint, pinned
@@ -75,6 +77,7 @@ MOTO_VERSION=5.2.1     # as in tests/requirements.txt
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 VENV="$CACHE/deploy-venv"
+read -r -a DEMO_ARGS <<<"${QUANTLENS_DEPLOY_DEMO:---symbols 8 --days 40}"
 MOTO_VENV="$CACHE/moto-venv"
 mkdir -p "$CACHE"
 
@@ -385,6 +388,58 @@ connect_from() {
 s = socket.socket(); s.settimeout(3); s.bind((sys.argv[1], 0)); s.connect(("127.0.0.1", 8787))' "$1"
 }
 
+# has_s3_credential UNIT: the unit loads the object-storage credential (the role's 30-s3.conf
+# drop-in: LoadCredential=s3.env, QUANTLENS_S3_CREDENTIALS pointing into its credentials dir).
+has_s3_credential() {
+    ct_grep '/30-s3\.conf' systemctl show -p DropInPaths --value "$1" &&
+        ct_grep "QUANTLENS_S3_CREDENTIALS=/run/credentials/$1/s3.env" systemctl show -p Environment --value "$1"
+}
+no_s3_credential_dropins() {
+    local unit
+    for unit in "$@"; do
+        if ct_grep '30-s3\.conf|QUANTLENS_S3_CREDENTIALS' systemctl show -p DropInPaths -p Environment --value "$unit"; then
+            echo "$unit loads the object-storage credential"
+            return 1
+        fi
+    done
+}
+# From the journal, since a oneshot unit nothing refers to (the restore) is unloaded once it has
+# finished, and its properties (ExecMain*, Result) then read as if it had never run:
+# unit_starts UNIT: how often the unit was started in this boot;
+# unit_last_run UNIT: seconds from systemd's "Starting" to "Finished" (or "Failed") of its last run;
+# unit_last_output UNIT: the last run's own output.
+unit_starts() { ct journalctl -b -u "$1" -o cat --no-pager | grep -c "^Starting $1" || true; }
+unit_last_run() {
+    ct journalctl -b -u "$1" -o short-unix --no-pager | awk -v u="$1" '
+        $0 ~ "systemd\\[1\\]: Starting " u { s = $1; e = "" }
+        $0 ~ "systemd\\[1\\]: (Finished|Failed to start) " u { e = $1 }
+        END { if (s == "" || e == "") exit 1; printf "%.2f", e - s }'
+}
+unit_last_output() {
+    ct journalctl -b -u "$1" -o cat --no-pager | awk -v u="$1" '$0 ~ "^Starting " u { out = "" } { out = out $0 "\n" } END { printf "%s", out }'
+}
+record_time() { printf '%s\t%s\n' "$1" "$2" >>"$TIMINGS"; }
+# assets_versions: "table version rows", one line a table, from `sudo quantlens assets --json`.
+assets_versions() {
+    ct /usr/local/bin/quantlens assets --json | python3 -c 'import json, sys
+for a in sorted(json.load(sys.stdin), key=lambda a: a["table"]):
+    print(a["table"], a["version"], a["rows"])'
+}
+# health_is STATUS [TEXT]: GET /health answers STATUS (and its body contains TEXT).
+health_is() { local out; out=$(http GET /health) && [ "${out##* }" = "$1" ] && [[ "${out% *}" == *"${2:-}"* ]]; }
+# diff_text A B: A and B are the same text (prints the difference otherwise).
+diff_text() { diff <(printf '%s\n' "$1") <(printf '%s\n' "$2"); }
+# backups N: `sudo quantlens backup list --json` (target from backup.env) lists N backups, the
+# newest with as many tables as `quantlens assets` shows.
+backups() {
+    local tables
+    tables=$(assets_versions | wc -l)
+    ct /usr/local/bin/quantlens backup list --json | python3 -c 'import json, sys
+b = json.load(sys.stdin)
+print(len(b), "backups; newest:", b[-1]["backup_id"] if b else "-", len(b[-1]["tables"]) if b else 0, "tables")
+sys.exit(0 if len(b) == int(sys.argv[1]) and len(b[-1]["tables"]) == int(sys.argv[2]) else 1)' "$1" "$tables"
+}
+
 boot_and_check() {
     local out status run_id first_invocation second_invocation t0 newest pid
     step_start "boot: systemd-nspawn until systemd is running"
@@ -422,7 +477,7 @@ boot_and_check() {
     check "something listens on 127.0.0.1:8787" ct_grep '127.0.0.1:8787' ss -Htln 'sport = :8787'
     check "the daemon is not running before the first request" trigger_inactive
     check "ufw is active in the booted VM" ct_grep '^Status: active' ufw status
-    for timer in quantlens-materialize.timer quantlens-backup.timer; do
+    for timer in quantlens-materialize.timer quantlens-maintain.timer quantlens-backup.timer; do
         out=$(unit_prop "$timer" NextElapseUSecRealtime)
         if [ "$(unit_prop "$timer" ActiveState)" = active ] && [ -n "$out" ]; then
             pass "$timer is scheduled: next $out"
@@ -430,13 +485,19 @@ boot_and_check() {
             fail "$timer is scheduled (state $(unit_prop "$timer" ActiveState), next '$out')"
         fi
     done
-    check "quantlens-maintain.timer stays disabled until \`quantlens maintain\` exists" \
-        test "$(ct systemctl is-enabled quantlens-maintain.timer 2>&1)" = disabled
+    check "quantlens-maintain.timer is enabled by default" \
+        test "$(ct systemctl is-enabled quantlens-maintain.timer 2>&1)" = enabled
+    # Lake local, no object-storage keys: no unit asks for the credential (a missing
+    # LoadCredential= source would fail the unit), and there is no credential file.
+    check "no object-storage credential anywhere (local lake, local backup target, no keys)" \
+        no_s3_credential_dropins quantlens-trigger.service quantlens-materialize.service \
+        quantlens-maintain.service quantlens-backup.service quantlens-restore.service
+    check_fails "no /etc/quantlens/credentials/s3.env without keys" ct test -e /etc/quantlens/credentials/s3.env
     ct systemctl list-timers --no-pager 'quantlens-*' | sed 's/^/    /'
 
     # Demo landing data through the operator's wrapper (runs as the service user).
     check "sudo-style \`quantlens demo\` writes landing files as the service user" \
-        ct /usr/local/bin/quantlens demo --symbols 8 --days 40
+        ct /usr/local/bin/quantlens demo "${DEMO_ARGS[@]}"
     check "landing files belong to the service user" \
         test "$(ct_sh "stat -c %U $DATA/landing/prices/\$(ls $DATA/landing/prices | head -1)")" = quantlens
 
@@ -537,6 +598,86 @@ boot_and_check() {
     step_end "checks in the booted VM"
 }
 
+# ---- backup, maintenance, restore in the booted VM ----------------------------------------
+# The units as the timers and dr.yml start them, on the demo lake the runs above wrote. The backup
+# target is a local directory ($BACKUP_DIR, outside /var/lib/quantlens: the backup role's drop-in
+# makes it writable); no object-storage keys are configured, so no unit loads a credential.
+backup_maintain_restore() {
+    local before after lost=/var/lib/quantlens/lost
+    step_start "VM: maintenance, backup, restore"
+
+    # Maintenance: compaction, checkpoint, vacuum, under the run lock.
+    check_fails "before the maintenance gold/returns has no checkpoint" \
+        ct_sh "ls $DATA/gold/returns/_delta_log/*.checkpoint.parquet"
+    step_start "VM: quantlens-maintain.service"
+    check "quantlens-maintain.service succeeds" ct systemctl start quantlens-maintain.service
+    step_end "VM: quantlens-maintain.service"
+    record_time "VM: quantlens-maintain.service, Starting to Finished" "$(unit_last_run quantlens-maintain.service)"
+    check "... and did its work (exit 0, not 75: it got the run lock)" \
+        test "$(unit_prop quantlens-maintain.service ExecMainStatus)" = 0
+    check "it left a checkpoint in gold/returns/_delta_log (_last_checkpoint + .checkpoint.parquet)" \
+        ct_sh "ls $DATA/gold/returns/_delta_log/*.checkpoint.parquet && test -s $DATA/gold/returns/_delta_log/_last_checkpoint"
+    unit_last_output quantlens-maintain.service | sed -n '/^table /,/^quantlens-maintain/p' | sed '$d; s/^/    /'
+
+    # A failing backup raises the alert; the next good one clears it.
+    ct mkdir -p /run/systemd/system/quantlens-backup.service.d
+    ct_sh 'printf "[Service]\nExecStart=\nExecStart=/opt/quantlens/current/bin/quantlens backup --to /proc/no-such-dir\n" >/run/systemd/system/quantlens-backup.service.d/99-fail.conf'
+    ct systemctl daemon-reload
+    check_fails "a backup to an unusable target fails" ct systemctl start quantlens-backup.service
+    check "... and raises the alert (journal at priority err + marker)" \
+        wait_for 20 ct_sh "test -e $STATE/alerts/quantlens-backup.service.json && journalctl -b -p err -t quantlens-alert --no-pager | grep -q 'ALERT: quantlens-backup.service failed'"
+    # (The daemon caches its look at the state directory for up to 5 s.)
+    check "GET /health reports the backup's alert (503)" wait_for 15 health_is 503 quantlens-backup.service
+    ct rm -rf /run/systemd/system/quantlens-backup.service.d
+    ct systemctl daemon-reload
+
+    # The backup, as the timer starts it.
+    step_start "VM: quantlens-backup.service"
+    check "quantlens-backup.service succeeds (local target $BACKUP_DIR)" ct systemctl start quantlens-backup.service
+    step_end "VM: quantlens-backup.service"
+    record_time "VM: quantlens-backup.service (first, full), Starting to Finished" "$(unit_last_run quantlens-backup.service)"
+    unit_last_output quantlens-backup.service | grep '^backup ' | sed 's/^/    /'
+    check "the successful backup cleared the backup's alert marker" \
+        ct test ! -e "$STATE/alerts/quantlens-backup.service.json"
+    check "GET /health answers 200 again" wait_for 15 health_is 200
+    check "\`sudo quantlens backup list\` (target from backup.env) shows the backup with every table" backups 1
+    check "\`sudo quantlens backup verify\` rereads every file of it (size, SHA-256)" \
+        ct /usr/local/bin/quantlens backup verify
+    check "the backup belongs to the service user" test "$(ct stat -c %U "$BACKUP_DIR/manifests")" = quantlens
+    log "lake: $(ct_sh "du -sb --exclude=landing $DATA | cut -f1") bytes of tables in $(ct_sh "find $DATA -path $DATA/landing -prune -o -type f -print | wc -l") files; backup: $(ct_sh "du -sb $BACKUP_DIR | cut -f1") bytes"
+
+    # Restore: never over existing tables.
+    before=$(assets_versions)
+    printf '%s\n' "$before" | sed 's/^/    before: /'
+    check_fails "quantlens-restore.service refuses to restore over existing tables" \
+        ct systemctl start quantlens-restore.service
+    check "... and raises the alert" wait_for 20 ct test -e "$STATE/alerts/quantlens-restore.service.json"
+
+    # The disaster: everything stopped, the tables gone (the landing files and run records stay).
+    ct systemctl stop quantlens-trigger.socket quantlens-trigger.service quantlens-materialize.timer \
+        quantlens-maintain.timer quantlens-backup.timer
+    ct_sh "mkdir -p $lost && for d in $DATA/*; do [ \"\$d\" = $DATA/landing ] || mv \"\$d\" $lost/; done"
+    check "after the disaster DATA_ROOT holds no table" ct_sh "test -z \"\$(find $DATA -name _delta_log)\""
+    step_start "VM: quantlens-restore.service"
+    check "quantlens-restore.service restores the newest backup" ct systemctl start quantlens-restore.service
+    step_end "VM: quantlens-restore.service"
+    record_time "VM: quantlens-restore.service, Starting to Finished" "$(unit_last_run quantlens-restore.service)"
+    after=$(assets_versions)
+    check "the restored lake has the same tables, versions and rows ($(printf '%s\n' "$before" | wc -l) tables)" \
+        diff_text "$before" "$after"
+    check "the restored tables belong to the service user" \
+        test "$(ct_sh "find $DATA ! -user quantlens | head -1")" = ""
+    check "the successful restore cleared the restore's alert marker" \
+        ct test ! -e "$STATE/alerts/quantlens-restore.service.json"
+    ct rm -rf "$lost"
+    ct systemctl start quantlens-trigger.socket quantlens-materialize.timer quantlens-maintain.timer \
+        quantlens-backup.timer
+    check "the timer's run succeeds on the restored lake" ct systemctl start quantlens-materialize.service
+    check "no unit failed after backup, maintenance and restore" test -z "$(ct systemctl --failed --plain --no-legend)"
+    ct systemctl --failed --no-pager --plain --no-legend | sed 's/^/    failed: /'
+    step_end "VM: maintenance, backup, restore"
+}
+
 # ---- deploy a new version into the running VM ---------------------------------------------
 # The same playbook against the booted VM: the chroot connection with nsenter as its "chroot"
 # command, so tasks run inside the container where systemd is PID 1 (the role's live branch:
@@ -612,13 +753,15 @@ json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json"
 
     # dr.yml on a VM that already has tables: provisions (nothing to change), then refuses to
     # restore over them, before the restore unit is ever started.
+    local restores
+    restores=$(unit_starts quantlens-restore.service)
     step_start "dr.yml against the running VM (must refuse)"
     if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
         ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/dr.yml" \
         -e "@$WORK/vars-live.json" >"$WORK/dr.log" 2>&1; then
         fail "dr.yml must refuse to restore over existing tables, but it succeeded"
     elif grep -q 'already holds [1-9][0-9]* tables' "$WORK/dr.log" &&
-        [ "$(unit_prop quantlens-restore.service ExecMainStartTimestampMonotonic)" = 0 ]; then
+        [ "$(unit_starts quantlens-restore.service)" = "$restores" ]; then
         pass "dr.yml provisions, then refuses to restore over existing tables ($(grep -o 'already holds [0-9]* tables' "$WORK/dr.log" | head -1)); restore never started"
     else
         fail "dr.yml failed for another reason"
@@ -627,6 +770,113 @@ json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json"
     step_end "dr.yml against the running VM (must refuse)"
     check "the socket is still listening after the deploys" ct systemctl is-active quantlens-trigger.socket
     check "no unit failed after the deploys" test -z "$(ct systemctl --failed --plain --no-legend)"
+}
+
+# ---- the eject path: DATA_ROOT on object storage --------------------------------------------
+# An S3-compatible server (moto) runs on the VM's loopback (in its network namespace); the lake
+# moves there the documented way: a fresh backup, then dr.yml with quantlens_data_root=s3://...
+# (the landing files stay local), which restores the newest backup into the bucket. Then every
+# unit that touches the lake must work on it with the keys handed over by LoadCredential=.
+eject_to_object_storage() {
+    local secret out run_id pid before after version unit restores
+    local bucket=quantlens-lake endpoint=http://127.0.0.1:9000
+    step_start "eject: S3 server in the VM"
+    nsenter -t "$LEADER" -n "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p 9000 >"$WORK/moto.log" 2>&1 &
+    MOTO_PID=$!
+    if ! wait_for 60 ct curl -sf -o /dev/null "$endpoint/"; then
+        fail "moto_server listens in the VM's network namespace"
+        tail -20 "$WORK/moto.log" | sed 's/^/    | /'
+        step_end "eject: S3 server in the VM"
+        return 1
+    fi
+    ct curl -sf -o /dev/null -X PUT "$endpoint/$bucket"
+    step_end "eject: S3 server in the VM"
+
+    # docs/operations.md, "The eject path": stop everything, a fresh backup, dr.yml.
+    ct systemctl stop quantlens-trigger.socket quantlens-trigger.service quantlens-materialize.timer \
+        quantlens-maintain.timer quantlens-backup.timer
+    check "a fresh backup before the move (quantlens-backup.service)" ct systemctl start quantlens-backup.service
+    restores=$(unit_starts quantlens-restore.service)
+    before=$(assets_versions)
+    secret="qltest-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+    python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+v.update(quantlens_data_root="s3://" + sys.argv[3] + "/lake",
+         quantlens_landing_dir="/var/lib/quantlens/data/landing/prices",
+         quantlens_s3_access_key_id="qltest-access", quantlens_s3_secret_access_key=sys.argv[4],
+         quantlens_s3_region="us-east-1", quantlens_s3_endpoint=sys.argv[5],
+         quantlens_s3_allow_http=True)
+json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars-live.json" "$WORK/vars-eject.json" "$bucket" "$secret" "$endpoint"
+
+    step_start "eject: dr.yml restores the lake into s3://"
+    if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
+        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/dr.yml" \
+        -e "@$WORK/vars-eject.json" >"$WORK/eject.log" 2>&1; then
+        pass "dr.yml with DATA_ROOT=s3://$bucket/lake provisions, restores the newest backup there, starts the platform"
+    else
+        fail "dr.yml with DATA_ROOT=s3://$bucket/lake"
+        tail -40 "$WORK/eject.log" | sed 's/^/    | /'
+        step_end "eject: dr.yml restores the lake into s3://"
+        return 1
+    fi
+    step_end "eject: dr.yml restores the lake into s3://"
+    record_time "eject: quantlens-restore.service into s3://, Starting to Finished" "$(unit_last_run quantlens-restore.service)"
+    check "dr.yml started quantlens-restore.service once, and it restored into the bucket" \
+        test "$(unit_starts quantlens-restore.service)" = $((restores + 1)) -a \
+        -n "$(unit_last_output quantlens-restore.service | grep "restored into s3://$bucket/lake/")"
+    unit_last_output quantlens-restore.service | sed 's/^/    /'
+    check "dr.yml's check listed the restored tables (sudo quantlens assets)" grep -q 'gold/returns' "$WORK/eject.log"
+    after=$(assets_versions)
+    check "the s3:// lake has the backup's tables, versions and rows (\`sudo quantlens assets\`: keys from s3.env)" \
+        diff_text "$before" "$after"
+    check "the bucket holds the tables (lake/gold/returns/_delta_log/)" \
+        ct_grep 'lake/gold/returns/_delta_log/0{20}\.json' curl -sf "$endpoint/$bucket?list-type=2&prefix=lake/gold/returns/_delta_log/"
+
+    # The keys: a root-only file, handed over by LoadCredential= to exactly the units that touch
+    # object storage, never in the environment file, a unit or a drop-in.
+    for unit in quantlens-trigger.service quantlens-materialize.service quantlens-maintain.service \
+        quantlens-backup.service quantlens-restore.service; do
+        check "$unit loads the credential (30-s3.conf: LoadCredential=s3.env, QUANTLENS_S3_CREDENTIALS)" \
+            has_s3_credential "$unit"
+    done
+    check "no credential for the alert hook" no_s3_credential_dropins quantlens-alert@x.service
+    check "/etc/quantlens/credentials/s3.env is root:root 0600" \
+        test "$(ct stat -c '%U:%G %a' /etc/quantlens/credentials/s3.env)" = "root:root 600"
+    check "the secret key is in no environment file, unit, drop-in or wrapper (grep exits 1)" \
+        ct_sh "grep -rqF '$secret' /etc/quantlens/quantlens.env /etc/quantlens/backup.env /etc/systemd/system /run/systemd/system /usr/local/bin/quantlens; test \$? = 1"
+    check "the socket and the timers run again after dr.yml" ct systemctl is-active quantlens-trigger.socket \
+        quantlens-materialize.timer quantlens-maintain.timer quantlens-backup.timer
+
+    # New landing files, then a run through the daemon: its worker reads and commits in the bucket.
+    check "new landing files (5 more days, after the demo's)" \
+        ct /usr/local/bin/quantlens demo --symbols 8 --days 5 --start 2031-01-06
+    out=$(http POST /trigger -H "Authorization: Bearer $TOKEN") || true
+    run_id=$(json_field "${out% *}" run_id 2>/dev/null || true)
+    pid=$(unit_prop quantlens-trigger.service MainPID)
+    check "the secret key is not in the daemon's environment" \
+        ct_sh "test $pid -gt 0 && ! grep -qF '$secret' /proc/$pid/environ"
+    check "a run through the daemon on the s3:// lake succeeds (its worker gets the daemon's credential)" \
+        run_succeeds 300 "$run_id"
+    after=$(assets_versions)
+    check "... and committed new versions in the bucket (gold/returns)" \
+        test "$(grep '^gold/returns ' <<<"$after")" != "$(grep '^gold/returns ' <<<"$before")"
+    check "the timer's run succeeds on the s3:// lake" ct systemctl start quantlens-materialize.service
+    step_start "eject: quantlens-maintain.service on s3://"
+    check "the maintenance succeeds on the s3:// lake" ct systemctl start quantlens-maintain.service
+    step_end "eject: quantlens-maintain.service on s3://"
+    record_time "eject: quantlens-maintain.service on s3://, Starting to Finished" "$(unit_last_run quantlens-maintain.service)"
+    version=$(sed -n 's/^gold\/returns \([0-9]*\) .*/\1/p' <<<"$after")
+    check "... and wrote a checkpoint at gold/returns' new version ($version) in the bucket" \
+        ct_grep "_delta_log/$(printf '%020d' "${version:-0}")\.checkpoint\.parquet" \
+        curl -sf "$endpoint/$bucket?list-type=2&prefix=lake/gold/returns/_delta_log/"
+    step_start "eject: quantlens-backup.service of the s3:// lake"
+    check "the backup of the s3:// lake (to the local target) succeeds" ct systemctl start quantlens-backup.service
+    step_end "eject: quantlens-backup.service of the s3:// lake"
+    record_time "eject: quantlens-backup.service of s3:// (incremental), Starting to Finished" "$(unit_last_run quantlens-backup.service)"
+    check "the newest backup's source is the bucket" \
+        ct_grep "s3://$bucket/lake" sh -c '/usr/local/bin/quantlens backup list | tail -1'
+    check "no unit failed after the eject" test -z "$(ct systemctl --failed --plain --no-legend)"
+    ct systemctl --failed --no-pager --plain --no-legend | sed 's/^/    failed: /'
 }
 
 main() {
@@ -645,7 +895,10 @@ main() {
             firewall_connectivity
             verify_converged
             if ! ${NO_BOOT:-false} && boot_and_check; then
-                deploy_live
+                backup_maintain_restore || true
+                if deploy_live; then
+                    eject_to_object_storage || true
+                fi
             fi
         fi
     fi

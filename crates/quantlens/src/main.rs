@@ -210,8 +210,19 @@ fn keep_large_allocations_returnable() {
     }
 }
 
+/// `quantlens runs | head` should end quietly when `head` exits, as other command-line tools do,
+/// rather than panic on the closed pipe (Rust ignores SIGPIPE by default).
+fn die_quietly_on_closed_pipes() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     keep_large_allocations_returnable();
+    die_quietly_on_closed_pipes();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
