@@ -355,6 +355,13 @@ ct() { nsenter -t "$LEADER" -a "${CT_ENV[@]}" "$@"; }
 ct_grep() { local pattern=$1 out; shift; out=$(ct "$@" 2>&1) && grep -E -- "$pattern" <<<"$out" >/dev/null; }
 # ct_sh SCRIPT: run a shell snippet inside the container.
 ct_sh() { ct sh -c "$1"; }
+# fail_unit UNIT COMMAND: until the next reboot, UNIT runs COMMAND instead (a runtime drop-in
+# named 99-fail.conf), to see how the alert path handles its failure.
+fail_unit() {
+    ct mkdir -p "/run/systemd/system/$1.d"
+    ct_sh "printf '[Service]\\nExecStart=\\nExecStart=%s\\n' '$2' >/run/systemd/system/$1.d/99-fail.conf"
+    ct systemctl daemon-reload
+}
 # http METHOD PATH [curl args...] -> prints "BODY STATUS" (curl inside the container).
 http() {
     local method=$1 path=$2
@@ -562,9 +569,8 @@ boot_and_check() {
     ct systemctl stop qltest-lockholder.service
 
     # OnFailure=: a failing run leaves an alert in the journal and a marker file.
-    ct mkdir -p /run/systemd/system/quantlens-materialize.service.d
-    ct_sh 'printf "[Service]\nExecStart=\nExecStart=/opt/quantlens/current/bin/quantlens materialize --select no-such-asset --trigger timer\n" >/run/systemd/system/quantlens-materialize.service.d/99-fail.conf'
-    ct systemctl daemon-reload
+    fail_unit quantlens-materialize.service \
+        "/opt/quantlens/current/bin/quantlens materialize --select no-such-asset --trigger timer"
     check_fails "a misconfigured run of quantlens-materialize.service fails" ct systemctl start quantlens-materialize.service
     check "the OnFailure hook ran (quantlens-alert@quantlens-materialize.service.service)" \
         wait_for 20 ct_sh "test \"\$(systemctl show -p Result --value quantlens-alert@quantlens-materialize.service.service)\" = success -a -e $STATE/alerts/quantlens-materialize.service.json"
@@ -620,9 +626,7 @@ backup_maintain_restore() {
     unit_last_output quantlens-maintain.service | sed -n '/^table /,/^quantlens-maintain/p' | sed '$d; s/^/    /'
 
     # A failing backup raises the alert; the next good one clears it.
-    ct mkdir -p /run/systemd/system/quantlens-backup.service.d
-    ct_sh 'printf "[Service]\nExecStart=\nExecStart=/opt/quantlens/current/bin/quantlens backup --to /proc/no-such-dir\n" >/run/systemd/system/quantlens-backup.service.d/99-fail.conf'
-    ct systemctl daemon-reload
+    fail_unit quantlens-backup.service "/opt/quantlens/current/bin/quantlens backup --to /proc/no-such-dir"
     check_fails "a backup to an unusable target fails" ct systemctl start quantlens-backup.service
     check "... and raises the alert (journal at priority err + marker)" \
         wait_for 20 ct_sh "test -e $STATE/alerts/quantlens-backup.service.json && journalctl -b -p err -t quantlens-alert --no-pager | grep -q 'ALERT: quantlens-backup.service failed'"
