@@ -168,8 +168,12 @@ def test_backup_wipe_restore_and_incremental_backups(lake, s3):
     assert_same(before, snapshot(lake))
 
     # One more day of landing data; the restored lake takes it.
+    versions = {key: lake.delta(key).version() for key in TABLES}
     lake.demo(symbols=4, days=31)
     lake.run("materialize")
+    # (A day without junk rows leaves the rejects table as it was.)
+    advanced = sum(1 for key in TABLES if lake.delta(key).version() > versions[key])
+    assert advanced >= len(TABLES) - 1
     assert lake.runs()[0]["status"] == "succeeded"
     second = json.loads(lake.run("backup", "--to", BACKUPS, "--json", **s3).stdout)
     manifests = json.loads(lake.run("backup", "list", "--to", BACKUPS, "--json", **s3).stdout)
@@ -177,7 +181,7 @@ def test_backup_wipe_restore_and_incremental_backups(lake, s3):
     new = manifest_paths(manifests[1]) - manifest_paths(manifests[0])
     # Only what the new versions added was copied: their log entries and new data files.
     assert second["files_copied"] == len(new) and 0 < len(new) < second["files"]
-    assert sum(1 for key, path in new if path.startswith("_delta_log/")) == len(TABLES)
+    assert sum(1 for key, path in new if path.startswith("_delta_log/")) == advanced
 
     assert "verified" in lake.run("backup", "verify", "--to", BACKUPS, **s3).stdout
     assert "verified" in lake.run(

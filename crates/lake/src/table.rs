@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, StringArray};
+use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use chrono::{DateTime, TimeZone, Utc};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -17,7 +17,7 @@ use deltalake::kernel::{new_metadata, Action, Add, MetadataExt, StructType};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode as WriterMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -366,6 +366,33 @@ impl Lake {
     }
 }
 
+/// The partition values of a batch whose rows all lie in one partition, when its partition
+/// columns are strings (the lake's are).
+fn single_partition(
+    batch: &RecordBatch,
+    columns: &[String],
+) -> Option<indexmap::IndexMap<String, delta_kernel::expressions::Scalar>> {
+    let mut values = indexmap::IndexMap::new();
+    for column in columns {
+        let array = batch
+            .column_by_name(column)?
+            .as_any()
+            .downcast_ref::<StringArray>()?;
+        if array.is_empty() || array.null_count() > 0 {
+            return None;
+        }
+        let first = array.value(0);
+        if (1..array.len()).any(|i| array.value(i) != first) {
+            return None;
+        }
+        values.insert(
+            column.clone(),
+            delta_kernel::expressions::Scalar::String(first.to_string()),
+        );
+    }
+    Some(values)
+}
+
 /// Refuses a partition replace that would touch anything outside the partitions it names.
 fn validate_replace(
     key: &str,
@@ -456,9 +483,21 @@ impl Lake {
                     (!partition_columns.is_empty()).then(|| partition_columns.to_vec());
                 tokio::spawn(async move {
                     let mut writer =
-                        RecordBatchWriter::try_new(url, schema, partitions, Some(options))?;
+                        RecordBatchWriter::try_new(url, schema, partitions.clone(), Some(options))?;
                     for batch in run {
-                        writer.write(batch).await?;
+                        // The writer splits a batch by partition with a copy of every row; a
+                        // batch already in one partition (the usual case) goes in as it is.
+                        match partitions
+                            .as_deref()
+                            .and_then(|p| single_partition(&batch, p))
+                        {
+                            Some(values) => {
+                                writer
+                                    .write_partition(batch, &values, WriterMode::Default)
+                                    .await?;
+                            }
+                            None => writer.write(batch).await?,
+                        }
                     }
                     writer.flush().await
                 })

@@ -108,9 +108,15 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
         .filter(|f| is_candidate(&f.name))
         .collect();
     let listed_count = listed.len();
+    // Local files carry this machine's clock; a remote store's may disagree with it.
+    let clock_skew = if store.url().scheme() == "file" {
+        chrono::Duration::zero()
+    } else {
+        chrono::Duration::seconds(REMOTE_CLOCK_SKEW_SECONDS)
+    };
     let candidates: Vec<_> = listed
         .into_iter()
-        .filter(|f| ctx.full_refresh || !known.unchanged_since_seen(f))
+        .filter(|f| ctx.full_refresh || !known.unchanged_since_seen(f, clock_skew))
         .collect();
     if candidates.len() < listed_count {
         (ctx.progress)(&format!(
@@ -256,20 +262,19 @@ impl Known {
             .insert((file.to_string(), sha256.to_string()))
     }
 
-    /// A file with the size it had when last handled and not modified since (allowing for clock
-    /// skew between the storage and this machine) holds what was handled then, so a daily run
-    /// need not read and hash the whole history of deliveries. `--full-refresh` reads them all.
-    fn unchanged_since_seen(&self, file: &StoredFile) -> bool {
+    /// A file with the size it had when last handled and not modified since (allowing for
+    /// `clock_skew` between the storage and this machine) holds what was handled then, so a daily
+    /// run need not read and hash the whole history of deliveries. `--full-refresh` reads them all.
+    fn unchanged_since_seen(&self, file: &StoredFile, clock_skew: chrono::Duration) -> bool {
         self.seen.get(&file.name).is_some_and(|(bytes, seen_at)| {
-            let modified =
-                (file.modified + chrono::Duration::seconds(CLOCK_SKEW_SECONDS)).timestamp_micros();
+            let modified = (file.modified + clock_skew).timestamp_micros();
             *bytes == file.size && modified < *seen_at
         })
     }
 }
 
-/// Margin for clocks of the landing storage and this machine disagreeing.
-const CLOCK_SKEW_SECONDS: i64 = 300;
+/// Margin for the clocks of remote landing storage and this machine disagreeing.
+const REMOTE_CLOCK_SKEW_SECONDS: i64 = 300;
 
 /// What is already handled, from the ledger plus the newest bronze commit (which a crash may have
 /// left unrecorded in the ledger), and ledger entries for the latter.

@@ -388,7 +388,15 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
     match plan(&ctx, &returns, MARKET_DAILY_CODE_VERSION).await? {
         Plan::Unchanged(reason) => Ok(Outcome::Unchanged { reason }),
         Plan::Rebuild => {
-            let daily = market_daily_of(&returns, returns.files()?).await?;
+            // A year of returns at a time keeps DuckDB's sorted aggregates small.
+            let months = returns.partition_values(MONTH)?;
+            let mut daily = Vec::new();
+            let mut done: Option<String> = None;
+            while let Some(piece) = Piece::next(&months, done.as_deref()) {
+                let files = incremental::files_in(&returns, &piece.months)?;
+                daily.extend(market_daily_of(&returns, files).await?);
+                done = Some(piece.through().to_string());
+            }
             Ok(Outcome::Materialized(Materialization::overwrite(daily)))
         }
         Plan::Update(changes, previous, piece) => {
