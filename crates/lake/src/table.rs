@@ -484,22 +484,31 @@ impl Lake {
                 tokio::spawn(async move {
                     let mut writer =
                         RecordBatchWriter::try_new(url, schema, partitions.clone(), Some(options))?;
+                    let mut adds = Vec::new();
+                    let mut open_partition = None;
                     for batch in run {
                         // The writer splits a batch by partition with a copy of every row; a
-                        // batch already in one partition (the usual case) goes in as it is.
+                        // batch already in one partition (the usual case) goes in as it is, and
+                        // each partition's file is finished before the next one starts, so the
+                        // writer never buffers more than one partition.
                         match partitions
                             .as_deref()
                             .and_then(|p| single_partition(&batch, p))
                         {
                             Some(values) => {
+                                if open_partition.as_ref().is_some_and(|open| *open != values) {
+                                    adds.extend(writer.flush().await?);
+                                }
                                 writer
                                     .write_partition(batch, &values, WriterMode::Default)
                                     .await?;
+                                open_partition = Some(values);
                             }
                             None => writer.write(batch).await?,
                         }
                     }
-                    writer.flush().await
+                    adds.extend(writer.flush().await?);
+                    Ok::<_, DeltaTableError>(adds)
                 })
             })
             .collect();

@@ -5,7 +5,7 @@
 //! so a daily run can apply the same rule to only the new bronze rows and the silver rows they
 //! compete with: the months they fall in are re-derived and replaced, nothing else.
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -30,6 +30,9 @@ use crate::spec;
 
 pub const PRICES: &str = "silver/prices";
 pub const REJECTS: &str = "silver/prices_rejects";
+
+/// Unused candidate capacity worth handing back while a rebuild turns candidates into rows.
+const SHRINK_SLACK: usize = 256 * 1024;
 
 /// Bumped whenever the rows silver derives would change; a new version rebuilds the table.
 const CODE_VERSION: &str = "2";
@@ -602,7 +605,7 @@ impl Derivation {
     }
 
     fn finish(mut self) -> Result<Derived, AssetError> {
-        // Sort so that each (symbol, date) group ends with the winning delivery, and the table
+        // Sort so that each (symbol, date) group starts with the winning delivery, and the table
         // comes out in date order, so that each month is one contiguous run for the writers.
         let symbol_rank = self.symbols.ranks();
         let file_rank = self.files.ranks();
@@ -610,30 +613,31 @@ impl Derivation {
             (
                 c.date,
                 symbol_rank[c.symbol as usize],
-                c.ingested_at,
-                file_rank[c.file as usize],
-                c.line,
+                Reverse((c.ingested_at, file_rank[c.file as usize], c.line)),
             )
         });
-        let candidates = &self.candidates;
-        let winners: Vec<&Candidate> = candidates
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| {
-                candidates
-                    .get(i + 1)
-                    .is_none_or(|next| (next.symbol, next.date) != (c.symbol, c.date))
-            })
-            .map(|(_, c)| c)
-            .collect();
+        self.candidates.dedup_by_key(|c| (c.symbol, c.date));
         let mut changes = Changes::default();
-        for winner in winners.iter().filter(|c| c.fresh) {
+        for winner in self.candidates.iter().filter(|c| c.fresh) {
             changes.add(&self.symbols.names[winner.symbol as usize], winner.date);
         }
-        let batches = winners
-            .chunk_by(|a, b| incremental::month_of(a.date) == incremental::month_of(b.date))
-            .map(|month| self.batch(month))
-            .collect::<Result<_, _>>()?;
+        // Month by month from the end, giving back the candidates' memory as the rows take theirs,
+        // so that a rebuild holds about one copy of the table rather than two.
+        let mut batches = Vec::new();
+        while let Some(last) = self.candidates.last() {
+            let month = incremental::month_of(last.date);
+            let first_day = incremental::day_of(
+                NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+                    .expect("a month string makes a date"),
+            );
+            let start = self.candidates.partition_point(|c| c.date < first_day);
+            batches.push(self.batch(&self.candidates[start..], &month)?);
+            self.candidates.truncate(start);
+            if self.candidates.capacity() - self.candidates.len() > SHRINK_SLACK {
+                self.candidates.shrink_to_fit();
+            }
+        }
+        batches.reverse();
         Ok(Derived {
             batches,
             changes,
@@ -642,11 +646,10 @@ impl Derivation {
     }
 
     /// The silver rows of one month's winners.
-    fn batch(&self, winners: &[&Candidate]) -> Result<RecordBatch, AssetError> {
+    fn batch(&self, winners: &[Candidate], month: &str) -> Result<RecordBatch, AssetError> {
         let column = |f: fn(&Candidate) -> f64| {
-            Arc::new(Float64Array::from_iter_values(winners.iter().map(|c| f(c))))
+            Arc::new(Float64Array::from_iter_values(winners.iter().map(f)))
         };
-        let month = winners.first().map(|c| incremental::month_of(c.date));
         RecordBatch::try_new(
             prices_schema(),
             vec![
@@ -679,9 +682,7 @@ impl Derivation {
                     )
                     .with_timezone("UTC"),
                 ),
-                Arc::new(StringArray::from_iter_values(
-                    winners.iter().map(|_| month.as_deref().unwrap_or_default()),
-                )),
+                Arc::new(StringArray::from_iter_values(winners.iter().map(|_| month))),
             ],
         )
         .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))
