@@ -1,27 +1,32 @@
 #!/usr/bin/env python3
 """Incremental daily run benchmark for `quantlens materialize` (issue: incremental runs).
 
-Part 1 (history): builds a lake from the demo history (default 2000 symbols x 2500 trading days,
-about 5M rows, then the same with 5000 days: the daily cost must not grow with history), dates the
-history files a day back (delivered long ago; `--fresh-history` keeps them new, and bronze then
-re-reads them), times the full build, then delivers the following trading days one file at a time,
-as a feed would (a fresh file, the history untouched),
-and times one `quantlens materialize` per day: wall time, peak RSS, per-asset seconds and what
-each table's commit touched. The daily sequence is repeated from a copy of the freshly built lake
-(`--repeat`, default 5; the full build `--full-repeat`, default 3) and the median is reported.
+Part 1 (history): generates the demo history (default 2000 symbols x 2500 trading days, about 5M
+rows; then the same with 5000 days, since the daily cost must not grow with history), dates its
+files a day back (delivered long ago; with `--fresh-history` they stay seconds old and bronze, which
+trusts name, size and mtime only outside a 5-minute clock-skew margin, re-reads them every run),
+times the full build, then copies in the following trading days one file at a time, as a feed
+would, and times one `quantlens materialize` per day: wall time, peak RSS, CPU, per-asset seconds
+and what each table's commit touched. The first `--daily` days are repeated `--repeat` times from
+a copy of the freshly built lake (medians reported); then the last copy goes on for `--aged` days
+in a row, so the tables' logs grow past a checkpoint (delta-rs writes one every 100 versions),
+then runs `quantlens maintain` (compaction, checkpoint) and 10 more days.
 
 Part 2 (log): a small lake (default 20 symbols) gets `--log-runs` daily deliveries, one run each
-(each run adds one commit to every table), and at 10, 100, 250, 500, 1000 commits the script times
-opening the tables: `quantlens assets --json` (opens all six) and Python deltalake `DeltaTable()`
-of silver/prices, then the same on a copy with the checkpoints removed.
+(each run adds one commit to every table). At 10, 99, 100, 250, 500, 999 and 1000 runs the script
+times opening the tables, `quantlens assets --json` (opens all six) and Python deltalake
+`DeltaTable()` of silver/prices, on the lake and on a copy without checkpoints, and reports the
+daily runs around that point; then runs `quantlens maintain` and measures again.
 
     cargo build --release -p quantlens
-    python3 bench/incremental.py [--days 2500 5000] [--daily 3] [--repeat 3] [--log-runs 1000]
-                                 [--only history|log] [--binary PATH] [--keep DIR]
+    python3 bench/incremental.py [--days 2500 5000] [--daily 3] [--repeat 5] [--aged 100]
+                                 [--log-runs 1000] [--only history|log] [--binary PATH]
 
-The binary is --binary, else $QUANTLENS_BIN, else /root/.cache/quantlens/target/release/quantlens
-when it exists, else the workspace's release target. Numbers go to docs/benchmarks.md by hand,
-with the machine they came from.
+The whole default run takes about 30 minutes on 2 cores; `--only history` or `--only log` (or
+`--log-runs 0`) runs one part. The binary is --binary, else $QUANTLENS_BIN, else
+/root/.cache/quantlens/target/release/quantlens when it exists, else the workspace's release
+target. Scratch data goes to a temporary directory (about 3 GB at the peak) and is deleted.
+Numbers go to docs/benchmarks.md by hand, with the machine they came from.
 """
 
 import argparse
@@ -29,6 +34,7 @@ import datetime as dt
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,8 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from materialize import default_binary, machine  # noqa: E402
 
 CACHED_BINARY = "/root/.cache/quantlens/target/release/quantlens"
-TABLES = ["bronze/prices", "bronze/landing_files", "silver/prices", "silver/prices_rejects",
-          "gold/returns", "gold/market_daily"]
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -174,7 +178,7 @@ def summarise(label, values, unit, fmt="{:.3f}"):
 # Part 1: daily runs on a large history
 
 
-def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_repeat):
+def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_repeat, aged):
     top = root / f"history-{days}"
     landing, next_dir = top / "landing", top / "next"
     work, base = top / "work", top / "base"
@@ -200,14 +204,16 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_
     # The next days, as the feed would deliver them: the same seed and start with more days gives
     # the same files plus the new ones (the generator is deterministic); only the new ones are
     # copied in later, so the history keeps its modification times and bronze does not re-read it.
-    Run([binary, "demo", "--symbols", str(symbols), "--days", str(days + daily), "--json"],
+    after = 10 if aged > daily else 0  # runs after `quantlens maintain`, which ends the aged sequence
+    Run([binary, "demo", "--symbols", str(symbols), "--days", str(days + max(daily, aged + after)), "--json"],
         dict(env, LANDING_DIR=str(next_dir)))
     have = {p.name for p in landing.iterdir()}
     new = sorted(p.name for p in next_dir.iterdir() if p.name not in have)
     last = max(have, key=lambda n: (DATE.search(n).group(0) if DATE.search(n) else "", n))
     if (landing / last).read_bytes() != (next_dir / last).read_bytes():
         raise SystemExit(f"the longer demo differs from the history at {last}: not the same seed/start?")
-    days_new = deliveries(new)[:daily]
+    later = deliveries(new)
+    days_new = later[:daily]
     print("daily deliveries: " + "; ".join(
         ", ".join(f"{n} ({(next_dir / n).stat().st_size / 1e3:.0f} kB)" for n in group) for group in days_new))
 
@@ -256,6 +262,28 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_
         print(f"  no new file, rep {rep + 1}: {run.seconds:.3f} s wall, peak RSS {mib(run.peak_kib)}, "
               f"{run.cpu:.2f} s CPU, {bronze_read(run, landing)}")
 
+    # Keep going on the last repetition's lake: every run adds a commit to each table, and a
+    # table's log is replayed from its last checkpoint (every 100 versions) when it is opened.
+    aged_runs = [(day + 1, results[day][-1], False) for day in range(len(days_new))]
+    silver = work / "data" / "silver" / "prices"
+    for day in range(len(days_new), aged):
+        for name in later[day]:
+            shutil.copyfile(next_dir / name, landing / name)
+        before = last_checkpoint(silver)
+        run = Run([binary, "materialize", "--run-id", f"aged-{day + 1}"], env)
+        run.assets = asset_seconds(run_record(work / "state", f"aged-{day + 1}"))
+        aged_runs.append((day + 1, run, last_checkpoint(silver) != before))
+    if after:
+        # The weekly upkeep: compaction and a checkpoint of every table.
+        maintain = Run([binary, "maintain", "--json"], env)
+        maintained = []
+        for day in range(aged, aged + after):
+            for name in later[day]:
+                shutil.copyfile(next_dir / name, landing / name)
+            run = Run([binary, "materialize", "--run-id", f"maintained-{day + 1}"], env)
+            run.assets = asset_seconds(run_record(work / "state", f"maintained-{day + 1}"))
+            maintained.append(run)
+
     print(f"--- summary, {days} days of history ---")
     print(summarise("full build wall", [r.seconds for r in builds], "s", "{:.2f}"))
     print(summarise("full build peak RSS", [r.peak_mib for r in builds], "MiB", "{:.0f}"))
@@ -269,6 +297,21 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_
         print(f"day {day + 1} per asset, median s: {', '.join(parts)}; outside assets {outside:.3f}")
     print(summarise("no new file wall", [r.seconds for r in idle], "s"))
     print(summarise("no new file peak RSS", [r.peak_mib for r in idle], "MiB", "{:.0f}"))
+    if aged > len(days_new):
+        print(f"{aged} daily runs in a row (the full build is v0, daily run k commits v k), "
+              f"medians of each ten without the runs that wrote a checkpoint:")
+        for first in range(1, aged + 1, 10):
+            group = [r for k, r, ckpt in aged_runs if first <= k < first + 10 and not ckpt]
+            if group:
+                print_stats(f"runs {first}-{min(first + 9, aged)}", window_stats(group))
+        for k, run, ckpt in aged_runs:
+            if ckpt:
+                print_stats(f"run {k} (wrote the checkpoints of v{k})", window_stats([run]))
+        print(f"  max peak RSS of the {len(aged_runs)} runs: {max(r.peak_mib for _, r, _ in aged_runs):.0f} MiB")
+        report = json.loads(maintain.stdout)
+        print(f"then quantlens maintain: {maintain.seconds:.2f} s wall, peak RSS {mib(maintain.peak_kib)}; files " +
+              ", ".join(f"{r['table']} {r['files_before']}->{r['files_after']}" for r in report))
+        print_stats(f"the {after} daily runs after it, median", window_stats(maintained))
     shutil.rmtree(top, ignore_errors=True)
 
 
@@ -292,16 +335,28 @@ def strip_checkpoints(src, dst):
             path.unlink()
 
 
-def time_open(path, times):
-    from deltalake import DeltaTable
-
-    samples, version = [], None
+OPEN_TIMER = """
+import json, statistics, sys, time
+from deltalake import DeltaTable
+times, out = int(sys.argv[1]), {}
+for path in sys.argv[2:]:
+    samples = []
     for _ in range(times):
         start = time.perf_counter()
-        table = DeltaTable(str(path))
+        table = DeltaTable(path)
         samples.append(time.perf_counter() - start)
-        version = table.version()
-    return statistics.median(samples), version
+    out[path] = {"seconds": statistics.median(samples), "version": table.version(), "files": len(table.file_uris())}
+print(json.dumps(out))
+"""
+
+
+def time_open(paths, times):
+    """Median `DeltaTable(path)` time, version and file count of each table, measured in a child
+    Python: importing deltalake here would grow this process, and a child's ru_maxrss starts from
+    its parent's RSS at fork, which would spoil the RSS of the runs measured after it."""
+    out = subprocess.run([sys.executable, "-c", OPEN_TIMER, str(times), *map(str, paths)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
 
 
 def time_assets(binary, env, times):
@@ -312,55 +367,112 @@ def time_assets(binary, env, times):
     return statistics.median(samples), json.loads(run.stdout)
 
 
-def log_growth(binary, root, symbols, runs, marks, times):
+def last_checkpoint(table):
+    path = table / "_delta_log" / "_last_checkpoint"
+    return json.loads(path.read_text())["version"] if path.exists() else None
+
+
+def measure_open(binary, top, env, times):
+    """Open times of the lake as it is and of a copy without checkpoints."""
+    silver = top / "data" / "silver" / "prices"
+    commits, checkpoints, last = checkpoint_state(silver)
+    assets_s, assets = time_assets(binary, env, times)
+    tables = [top / "data" / t for t in ("bronze/prices", "bronze/landing_files", "silver/prices")]
+    opened = time_open(tables, times)
+    open_s, version = opened[str(silver)]["seconds"], opened[str(silver)]["version"]
+    files = {str(t.relative_to(top / "data")): opened[str(t)]["files"] for t in tables}
+    bare = top / "bare"
+    strip_checkpoints(top / "data", bare)
+    bare_opened = time_open([bare / "silver" / "prices"], times)[str(bare / "silver" / "prices")]
+    open_bare_s = bare_opened["seconds"]
+    assert bare_opened["version"] == version, (bare_opened, version)
+    bare_assets_s, _ = time_assets(binary, dict(env, DATA_ROOT=str(bare)), times)
+    shutil.rmtree(bare)
+    return dict(version=version, versions={a["table"]: a["version"] for a in assets}, commits=commits,
+                checkpoints=checkpoints, last=last, assets=assets_s, assets_bare=bare_assets_s,
+                open=open_s, open_bare=open_bare_s, files=files)
+
+
+def window_stats(runs):
+    """Median wall, CPU, peak RSS and per-asset seconds of daily runs."""
+    keys = list(runs[0].assets)
+    return dict(wall=statistics.median(r.seconds for r in runs), cpu=statistics.median(r.cpu for r in runs),
+                peak=statistics.median(r.peak_mib for r in runs),
+                assets={k: statistics.median(r.assets[k] for r in runs) for k in keys})
+
+
+def print_stats(label, stats):
+    parts = ", ".join(f"{k} {v * 1000:.0f}" for k, v in stats["assets"].items())
+    print(f"  {label}: wall {stats['wall'] * 1000:.0f} ms, CPU {stats['cpu'] * 1000:.0f} ms, "
+          f"peak RSS {stats['peak']:.0f} MiB; per asset ms: {parts}")
+
+
+def log_growth(binary, root, symbols, runs, marks, times, after=10):
     top = root / "log"
     feed, landing = top / "feed", top / "landing"
     env = dict(os.environ, LANDING_DIR=str(landing), DATA_ROOT=str(top / "data"), STATE_DIR=str(top / "state"))
     print(f"\n=== Delta log: {symbols} symbols, {runs} daily deliveries, one run each ===")
-    Run([binary, "demo", "--symbols", str(symbols), "--days", str(runs), "--json"], dict(env, LANDING_DIR=str(feed)))
+    Run([binary, "demo", "--symbols", str(symbols), "--days", str(runs + after), "--json"],
+        dict(env, LANDING_DIR=str(feed)))
     landing.mkdir(parents=True)
     days = deliveries(p.name for p in feed.iterdir())
-    walls, rows = [], []
+    silver = top / "data" / "silver" / "prices"
+    plain, checkpointing, rows = [], [], []
     started = time.perf_counter()
-    for index, group in enumerate(days[:runs]):
-        for name in group:
+
+    def deliver(index):
+        for name in days[index]:
             shutil.copyfile(feed / name, landing / name)
-        run = Run([binary, "materialize"], env)
-        walls.append(run.seconds)
+        before = last_checkpoint(silver) if silver.exists() else None
+        run = Run([binary, "materialize", "--run-id", f"log-{index + 1}"], env)
+        run.assets = asset_seconds(run_record(top / "state", f"log-{index + 1}"))
+        wrote_checkpoint = last_checkpoint(silver) != before
+        (checkpointing if wrote_checkpoint else plain).append(run)
+        return run, wrote_checkpoint
+
+    for index in range(runs):
+        run, wrote_checkpoint = deliver(index)
         count = index + 1
+        if wrote_checkpoint:
+            print(f"run {count} wrote checkpoints (silver/prices v{last_checkpoint(silver)}): "
+                  f"{run.seconds * 1000:.0f} ms wall, {run.cpu * 1000:.0f} ms CPU")
         if count not in marks:
             continue
-        silver = top / "data" / "silver" / "prices"
-        commits, checkpoints, last = checkpoint_state(silver)
-        assets_s, assets = time_assets(binary, env, times)
-        versions = {a["table"]: a["version"] for a in assets}
-        open_s, version = time_open(silver, times)
-        bare = top / "bare"
-        strip_checkpoints(top / "data", bare)
-        open_bare_s, bare_version = time_open(bare / "silver" / "prices", times)
-        assert bare_version == version, (bare_version, version)
-        bare_assets_s, _ = time_assets(binary, dict(env, DATA_ROOT=str(bare)), times)
-        window = walls[-10:]
-        row = dict(runs=count, versions=versions, commits=commits, checkpoints=checkpoints, last=last,
-                   assets=assets_s, assets_bare=bare_assets_s, open=open_s, open_bare=open_bare_s,
-                   run_wall=statistics.median(window), run_peak=run.peak_mib)
+        row = measure_open(binary, top, env, times)
+        row.update(runs=count, daily=window_stats(plain[-10:]))
         rows.append(row)
-        print(f"after {count} runs ({time.perf_counter() - started:.0f} s): silver/prices v{version}, "
-              f"{commits} commit files, {checkpoints} checkpoint(s), last checkpoint v{last}; "
-              f"versions {versions}")
-        print(f"  quantlens assets --json: {assets_s * 1000:.0f} ms (no checkpoints: {bare_assets_s * 1000:.0f} ms); "
-              f"DeltaTable(silver/prices): {open_s * 1000:.1f} ms (no checkpoints: {open_bare_s * 1000:.1f} ms); "
-              f"daily run: median {row['run_wall'] * 1000:.0f} ms of the last {len(window)}, "
-              f"peak RSS {run.peak_mib:.0f} MiB")
-        shutil.rmtree(bare)
+        print(f"after {count} runs ({time.perf_counter() - started:.0f} s, load {os.getloadavg()[0]:.1f}): "
+              f"silver/prices v{row['version']}, {row['commits']} commit files, {row['checkpoints']} checkpoint(s), "
+              f"last checkpoint v{row['last']}; files in the snapshot {row['files']}; versions {row['versions']}")
+        print(f"  quantlens assets --json: {row['assets'] * 1000:.0f} ms (no checkpoints: {row['assets_bare'] * 1000:.0f} ms); "
+              f"DeltaTable(silver/prices): {row['open'] * 1000:.1f} ms (no checkpoints: {row['open_bare'] * 1000:.1f} ms)")
+        print_stats("daily run, median of the last 10 without a checkpoint", row["daily"])
+        print("  progress of the last run (stderr):")
+        for line in plain[-1].stderr.splitlines():
+            print(f"    {line}")
 
-    print(f"--- summary, medians of {times} (daily run: median of the 10 runs up to that point) ---")
-    print("| runs (commits per table) | silver last checkpoint | `assets --json` | same, no checkpoints "
-          "| `DeltaTable()` silver/prices | same, no checkpoints | daily run wall |")
+    maintain = Run([binary, "maintain", "--json"], env)
+    report = json.loads(maintain.stdout)
+    print(f"quantlens maintain: {maintain.seconds:.2f} s wall, peak RSS {mib(maintain.peak_kib)}; files " + ", ".join(
+        f"{r['table']} {r['files_before']}->{r['files_after']}" for r in report))
+    row = measure_open(binary, top, env, times)
+    after_runs = [deliver(runs + i)[0] for i in range(after)]
+    row.update(runs=f"{runs} + maintain", daily=window_stats(after_runs))
+    rows.append(row)
+    print(f"after maintain: quantlens assets --json: {row['assets'] * 1000:.0f} ms (no checkpoints: "
+          f"{row['assets_bare'] * 1000:.0f} ms); DeltaTable(silver/prices): {row['open'] * 1000:.1f} ms "
+          f"(no checkpoints: {row['open_bare'] * 1000:.1f} ms); files in the snapshot {row['files']}")
+    print_stats(f"next {after} daily runs, median", row["daily"])
+    if checkpointing:
+        print_stats(f"the {len(checkpointing)} runs that wrote checkpoints, median", window_stats(checkpointing))
+
+    print(f"--- summary, open times median of {times}; daily run: median of the 10 runs before (without a checkpoint) ---")
+    print("| runs (commits per table) | silver/prices last checkpoint | `quantlens assets --json` | same, no checkpoints "
+          "| `DeltaTable()` silver/prices | same, no checkpoints | daily run wall | daily run CPU |")
     for r in rows:
         print(f"| {r['runs']} | {r['last'] if r['last'] is not None else '-'} | {r['assets'] * 1000:.0f} ms "
               f"| {r['assets_bare'] * 1000:.0f} ms | {r['open'] * 1000:.1f} ms | {r['open_bare'] * 1000:.1f} ms "
-              f"| {r['run_wall'] * 1000:.0f} ms |")
+              f"| {r['daily']['wall'] * 1000:.0f} ms | {r['daily']['cpu'] * 1000:.0f} ms |")
     shutil.rmtree(top, ignore_errors=True)
 
 
@@ -374,14 +486,18 @@ def main():
     parser.add_argument("--daily", type=int, default=3, help="consecutive daily deliveries to time")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of the daily sequence")
     parser.add_argument("--full-repeat", type=int, default=3, help="repetitions of the full build")
+    parser.add_argument("--aged", type=int, default=100,
+                        help="then keep delivering up to this many days in a row on one lake (0: no)")
     parser.add_argument("--fresh-history", action="store_true",
                         help="keep the history files' fresh modification times (bronze then re-reads them daily)")
     parser.add_argument("--log-symbols", type=int, default=20)
     parser.add_argument("--log-runs", type=int, default=1000,
-                        help="daily runs on the small lake (0 skips the log part; 1000 takes ~15 minutes)")
+                        help="daily runs on the small lake (0 skips the log part; 1000 take about 12 minutes)")
     parser.add_argument("--log-times", type=int, default=5, help="repetitions of each open-time sample")
     parser.add_argument("--verbose", action="store_true", help="print every run's assets and progress lines")
-    parser.add_argument("--keep", default=None, help="use this directory (created; scratch data is deleted)")
+    parser.add_argument("--keep", default=None,
+                        help="scratch directory to use instead of a new temporary one (each part "
+                             "deletes its data when done; the directory itself is left)")
     args = parser.parse_args()
     binary = pick_binary(args.binary)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-bench-incr-"))
@@ -392,11 +508,13 @@ def main():
         if args.only != "log":
             for days in args.days:
                 history(binary, root, args.symbols, days, args.daily, args.repeat, args.verbose,
-                        not args.fresh_history, args.full_repeat)
+                        not args.fresh_history, args.full_repeat, args.aged)
         if args.only != "history" and args.log_runs > 0:
-            marks = {m for m in (10, 100, 250, 500, 1000) if m <= args.log_runs} | {args.log_runs}
+            marks = {m for m in (10, 99, 100, 250, 500, 999, 1000) if m <= args.log_runs} | {args.log_runs}
             log_growth(binary, root, args.log_symbols, args.log_runs, marks, args.log_times)
-        print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(f"\nload average {os.getloadavg()[0]:.2f} at the end; this script's own peak RSS {own / 1024:.0f} MiB "
+              f"(a child's peak RSS cannot be measured below it)")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
