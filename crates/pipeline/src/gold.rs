@@ -394,14 +394,30 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
             let mut done: Option<String> = None;
             while let Some(piece) = Piece::next(&months, done.as_deref()) {
                 let files = incremental::files_in(&returns, &piece.months)?;
-                daily.extend(market_daily_of(&returns, files).await?);
+                daily.extend(market_daily_of(&returns, files, None).await?);
                 done = Some(piece.through().to_string());
             }
             Ok(Outcome::Materialized(Materialization::overwrite(daily)))
         }
         Plan::Update(changes, previous, piece) => {
+            let from = changes.earliest().expect("changes are not empty");
             let files = incremental::files_in(&returns, &piece.months)?;
-            let daily = market_daily_of(&returns, files).await?;
+            let mut days = Vec::new();
+            // The days before the first change keep their rows; the others are recomputed.
+            let mut kept = previous
+                .table
+                .scan_files(incremental::files_in(&previous.table, &piece.months)?, None)?;
+            while let Some(batch) = kept.try_next().await? {
+                let dates = typed_column::<Date32Array>(&batch, "date")?;
+                let before: BooleanArray = dates.iter().map(|d| Some(d < Some(from))).collect();
+                days.push(filter_record_batch(&batch, &before).map_err(arrow_error)?);
+            }
+            days.extend(market_daily_of(&returns, files, Some(from)).await?);
+            let days = concat_batches(&market_daily_schema(), &days).map_err(arrow_error)?;
+            let without = days
+                .project(&(0..days.num_columns() - 1).collect::<Vec<_>>())
+                .map_err(arrow_error)?;
+            let daily = split_by_month(&market_daily_schema(), without)?;
             Ok(Outcome::Materialized(piece.update_commit(
                 daily,
                 &changes,
@@ -413,10 +429,12 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
     }
 }
 
-/// The market_daily rows of the dates in `files` (files of gold/returns), one batch per month.
+/// The market_daily rows of the dates in `files` (files of gold/returns), from the day `from` on
+/// when given, one batch per month.
 async fn market_daily_of(
     returns: &Table,
     files: Vec<quantlens_lake::TableFile>,
+    from: Option<i32>,
 ) -> Result<Vec<RecordBatch>, AssetError> {
     let paths = returns.local_paths(files).await?;
     if paths.is_empty() {
@@ -433,9 +451,14 @@ async fn market_daily_of(
                 count(*) FILTER (WHERE log_return < 0)::BIGINT AS decliners,
                 sum(close * volume::DOUBLE ORDER BY symbol) AS dollar_volume
          FROM read_parquet({})
+         {}
          GROUP BY date
          ORDER BY date",
-        quantlens_lake::duck::parquet_list(&paths)
+        quantlens_lake::duck::parquet_list(&paths),
+        from.map_or(String::new(), |day| format!(
+            "WHERE date >= DATE '{}'",
+            incremental::date_of(day)
+        )),
     );
     let duck_error = |e: duckdb::Error| AssetError::data(format!("DuckDB: {e}"));
     let conn = quantlens_lake::duck::connect().map_err(duck_error)?;
