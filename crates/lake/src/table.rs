@@ -44,7 +44,7 @@ fn with_checkpoint_interval(
     mut configuration: std::collections::HashMap<String, String>,
 ) -> std::collections::HashMap<String, String> {
     configuration
-        .entry("delta.checkpointInterval".into())
+        .entry(deltalake::TableProperty::CheckpointInterval.as_ref().into())
         .or_insert_with(|| CHECKPOINT_INTERVAL.into());
     configuration
 }

@@ -46,6 +46,11 @@ pub fn day_of(date: NaiveDate) -> i32 {
     date.num_days_from_ce() - crate::silver::UNIX_EPOCH_DAY
 }
 
+/// The first day of the month a Date32 value falls in.
+pub fn month_start(day: i32) -> i32 {
+    day_of(date_of(day).with_day(1).expect("day 1 exists"))
+}
+
 /// The partition ("YYYY-MM") a Date32 value falls in.
 pub fn month_of(day: i32) -> String {
     let date = date_of(day);
@@ -372,6 +377,7 @@ mod tests {
         assert_eq!(month_of(day_of(date)), "2024-03");
         assert_eq!(date_of(day_of(date)), date);
         assert_eq!(month_of(0), "1970-01");
+        assert_eq!(date_of(month_start(day_of(date))).to_string(), "2024-03-01");
     }
 
     #[test]

@@ -370,16 +370,19 @@ async fn update(
     let resume_after = previous.resume_after(bronze.version());
     let Some(piece) = Piece::next(&months, resume_after.as_deref()) else {
         // Only rejects, or a crash right after the last piece: record the bronze version read.
-        return Ok(Outcome::Materialized(
-            Piece::materialization(
-                Vec::new(),
-                &Changes::default(),
-                None,
-                None,
-                ctx.range.is_some(),
-            )
-            .with_rejects(derivation.rejects.finish()?, resume_after.is_none()),
-        ));
+        let output = Piece::materialization(
+            Vec::new(),
+            &Changes::default(),
+            None,
+            None,
+            ctx.range.is_some(),
+        );
+        let rejects = derivation.rejects.finish()?;
+        return Ok(Outcome::Materialized(with_rejects(
+            output,
+            rejects,
+            resume_after.is_none(),
+        )));
     };
     (ctx.progress)(&format!(
         "{} new bronze row(s) touch {} month(s); deriving {} to {}",
@@ -396,17 +399,19 @@ async fn update(
         derivation.add_silver(&batch)?;
     }
     let derived = derivation.finish()?;
-    let output = piece
-        .update_commit(
-            derived.batches,
-            &derived.changes,
-            bronze.version(),
-            previous,
-            ctx.range.is_some(),
-        )
-        // Rejects are appended once per update, with its first piece.
-        .with_rejects(derived.rejects, resume_after.is_none());
-    Ok(Outcome::Materialized(output))
+    let output = piece.update_commit(
+        derived.batches,
+        &derived.changes,
+        bronze.version(),
+        previous,
+        ctx.range.is_some(),
+    );
+    // Rejects are appended once per update, with its first piece.
+    Ok(Outcome::Materialized(with_rejects(
+        output,
+        derived.rejects,
+        resume_after.is_none(),
+    )))
 }
 
 /// `--from/--to`: derives the months of the range again from every bronze row, a piece at a time
@@ -471,23 +476,17 @@ async fn backfill(
     )))
 }
 
-/// Adds the rejects side write to a silver commit.
-trait WithRejects {
-    fn with_rejects(self, rejects: RecordBatch, write: bool) -> Self;
-}
-
-impl WithRejects for Materialization {
-    fn with_rejects(mut self, rejects: RecordBatch, write: bool) -> Self {
-        if write && rejects.num_rows() > 0 {
-            self.side_writes.push(SideWrite {
-                key: REJECTS.into(),
-                schema: rejects_schema(),
-                batches: vec![rejects],
-                mode: WriteMode::Append,
-            });
-        }
-        self
+/// Adds the rejects side write to a silver commit, when there are rejects to write.
+fn with_rejects(mut output: Materialization, rejects: RecordBatch, write: bool) -> Materialization {
+    if write && rejects.num_rows() > 0 {
+        output.side_writes.push(SideWrite {
+            key: REJECTS.into(),
+            schema: rejects_schema(),
+            batches: vec![rejects],
+            mode: WriteMode::Append,
+        });
     }
+    output
 }
 
 /// Silver rows derived from candidates, with what changed and what was rejected.
@@ -626,10 +625,7 @@ impl Derivation {
         let mut batches = Vec::new();
         while let Some(last) = self.candidates.last() {
             let month = incremental::month_of(last.date);
-            let first_day = incremental::day_of(
-                NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
-                    .expect("a month string makes a date"),
-            );
+            let first_day = incremental::month_start(last.date);
             let start = self.candidates.partition_point(|c| c.date < first_day);
             batches.push(self.batch(&self.candidates[start..], &month)?);
             self.candidates.truncate(start);
