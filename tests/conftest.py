@@ -33,11 +33,15 @@ class Lake:
         self.data = root / "data"
         self.state = root / "state"
         self.landing = self.data / "landing" / "prices"
+        # Each installation has its own SQL assets folder, empty unless a test adds files: the
+        # repository's ./assets would otherwise be picked up from the working directory.
+        self.assets = root / "assets"
+        self.assets.mkdir(parents=True, exist_ok=True)
         self.binary = quantlens_binary()
 
     def env(self, **extra):
         env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTLENS_")}
-        env.update(DATA_ROOT=str(self.data), STATE_DIR=str(self.state))
+        env.update(DATA_ROOT=str(self.data), STATE_DIR=str(self.state), ASSETS_DIR=str(self.assets))
         env.pop("LANDING_DIR", None)
         env.update(extra)
         return env

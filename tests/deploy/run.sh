@@ -701,8 +701,9 @@ SH
         "$WORK/inventory/hosts.yml" >"$WORK/inventory/live.yml"
     python3 -c 'import json, sys
 v = json.load(open(sys.argv[1])); v.update(quantlens_release="deploy-test-v2", quantlens_keep_releases=1)
+v["quantlens_assets_src"] = sys.argv[3]
 v["quantlens_trigger_allow_from"].append("10.213.1.3")
-json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json"
+json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json" "$REPO/assets"
     # Make the daemon run, so the deploy has to restart it.
     http GET /health >/dev/null || true
     local before
@@ -742,6 +743,12 @@ json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json"
         test "$(unit_prop quantlens-trigger.service InvocationID)" != "$before"
     check "a run triggered after the deploy (select gold/returns+) succeeds" \
         run_succeeds 300 "$run_id"
+    check "the deploy copied the SQL assets and named them in quantlens.env" \
+        ct_grep '^ASSETS_DIR=/etc/quantlens/assets$' cat /etc/quantlens/quantlens.env
+    check "... and validated them on the VM (quantlens assets check)" \
+        grep -q 'TASK \[quantlens : Validate the SQL assets' "$WORK/deploy1.log"
+    check "that run built the SQL asset downstream of gold/returns (gold/symbol_summary)" \
+        ct test -d /var/lib/quantlens/data/gold/symbol_summary/_delta_log
 
     step_start "deploy: second run into the running VM"
     if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use quantlens_graph::AssetSpec;
+use quantlens_graph::{AssetKey, AssetSpec};
 use quantlens_lake::arrow::array::RecordBatch;
 use quantlens_lake::arrow::datatypes::SchemaRef;
 use quantlens_lake::{At, Lake, LakeError, Staged, Table, WriteMode};
@@ -61,12 +61,17 @@ impl From<LakeError> for AssetError {
 }
 
 /// Another table an asset writes beside its own, in the same step (bronze's ledger of landing
-/// files, silver's rejects). It is committed after the asset's own table.
+/// files, silver's rejects). It is committed after the asset's own table, with the same lineage
+/// and its own extra metadata. Delta has no transaction across tables, so a crash can fall
+/// between the two commits: the asset must find out on its next run and repair the side table
+/// (bronze and silver record in their commits what the side table should then hold).
 pub struct SideWrite {
     pub key: String,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub mode: WriteMode,
+    /// Extra commit metadata of the side table's commit (the main commit's is not copied).
+    pub extra_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What a computation produced for its own table.
@@ -130,6 +135,8 @@ pub struct AssetContext {
     pub run_id: String,
     pub key: String,
     pub lake: Lake,
+    /// The asset's code version, recorded in its commits (a new one means a rebuild).
+    pub code_version: String,
     /// The version of each upstream table, pinned when the asset started.
     pub upstream: BTreeMap<String, i64>,
     /// Rebuild from scratch rather than update incrementally (`--full-refresh`).
@@ -173,17 +180,113 @@ impl AssetContext {
 pub type ComputeFn =
     Arc<dyn Fn(AssetContext) -> BoxFuture<'static, Result<Outcome, AssetError>> + Send + Sync>;
 
-/// One materialisable asset.
+/// The schema an asset's output must have.
+#[derive(Clone)]
+pub enum OutputSchema {
+    /// Declared in code: every materialisation must match it, column for column.
+    Declared(SchemaRef),
+    /// Taken from the output of the first build, then locked: while the asset's code version
+    /// stays the same, a later build must produce the table's columns and types again.
+    Inferred,
+}
+
+/// One materialisable asset. Build one with [`Asset::new`].
 #[derive(Clone)]
 pub struct Asset {
     pub spec: AssetSpec,
-    /// The output every materialisation must match, column for column.
-    pub schema: SchemaRef,
+    pub schema: OutputSchema,
     /// The columns its table is partitioned by (empty: not partitioned).
     pub partition_by: Vec<String>,
     pub checks: Vec<Check>,
     pub retry: RetryPolicy,
     /// Tables written as side writes, listed so that readers (`sql`, `assets`) know them.
     pub side_tables: Vec<String>,
+    /// The file that defines the asset when it is not written in Rust (a SQL asset's file).
+    pub defined_in: Option<String>,
     pub compute: ComputeFn,
+}
+
+impl Asset {
+    /// An asset `key` (`layer/name`) whose output has `schema`, computed by `compute`. The rest
+    /// has defaults: no dependencies, the key's layer as its group, code version "1", no
+    /// partitions, no checks, the default retry policy. Panics on a malformed key: keys of
+    /// assets written in Rust are constants, and the registry's tests load them all.
+    pub fn new<F, Fut>(key: &str, schema: OutputSchema, compute: F) -> Asset
+    where
+        F: Fn(AssetContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Outcome, AssetError>> + Send + 'static,
+    {
+        let key = AssetKey::new(key).unwrap_or_else(|e| panic!("asset key: {e}"));
+        Asset {
+            spec: AssetSpec {
+                group: key.layer().to_string(),
+                key,
+                deps: Vec::new(),
+                code_version: "1".into(),
+                description: String::new(),
+            },
+            schema,
+            partition_by: Vec::new(),
+            checks: Vec::new(),
+            retry: RetryPolicy::default(),
+            side_tables: Vec::new(),
+            defined_in: None,
+            compute: Arc::new(move |ctx| Box::pin(compute(ctx))),
+        }
+    }
+
+    /// The tables it reads (by key).
+    pub fn deps(mut self, keys: &[&str]) -> Asset {
+        self.spec.deps = keys
+            .iter()
+            .map(|k| AssetKey::new(*k).unwrap_or_else(|e| panic!("dependency key: {e}")))
+            .collect();
+        self
+    }
+
+    /// Bump it whenever the computation changes: the table is then rebuilt, and it and its
+    /// downstream read as stale until it is.
+    pub fn code_version(mut self, version: &str) -> Asset {
+        self.spec.code_version = version.to_string();
+        self
+    }
+
+    pub fn description(mut self, text: &str) -> Asset {
+        self.spec.description = text.to_string();
+        self
+    }
+
+    pub fn group(mut self, group: &str) -> Asset {
+        self.spec.group = group.to_string();
+        self
+    }
+
+    /// Partitions the table by calendar month (`month`, "YYYY-MM", the output's last column),
+    /// as the incremental strategy of [`crate::incremental`] expects.
+    pub fn partitioned_by_month(mut self) -> Asset {
+        self.partition_by = vec![crate::incremental::MONTH.to_string()];
+        self
+    }
+
+    pub fn check(mut self, check: Check) -> Asset {
+        self.checks.push(check);
+        self
+    }
+
+    pub fn retry(mut self, retry: RetryPolicy) -> Asset {
+        self.retry = retry;
+        self
+    }
+
+    /// The file the asset comes from, when it is not written in Rust.
+    pub fn defined_in(mut self, path: &str) -> Asset {
+        self.defined_in = Some(path.to_string());
+        self
+    }
+
+    /// Another table the asset writes in the same step (see [`SideWrite`]).
+    pub fn side_table(mut self, key: &str) -> Asset {
+        self.side_tables.push(key.to_string());
+        self
+    }
 }

@@ -7,14 +7,16 @@
 
 mod asset;
 mod check;
+pub mod dates;
 mod freshness;
+pub mod incremental;
 mod registry;
 mod retry;
 mod runner;
 
 pub use asset::{
     Asset, AssetContext, AssetError, ComputeFn, DateRange, ErrorKind, Materialization, Outcome,
-    Output, Progress, SideWrite,
+    Output, OutputSchema, Progress, SideWrite,
 };
 pub use check::{Check, CheckFn};
 pub use freshness::{freshness, Freshness};

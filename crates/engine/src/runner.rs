@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::retry::jitter_seed;
 use crate::{
     freshness, Asset, AssetContext, AssetError, DateRange, ErrorKind, Materialization, Outcome,
-    Output, Registry,
+    Output, OutputSchema, Registry,
 };
 
 pub struct RunOptions {
@@ -226,6 +226,7 @@ async fn materialize_asset(
         run_id: run_id.to_string(),
         key: key.clone(),
         lake: lake.clone(),
+        code_version: asset.spec.code_version.clone(),
         upstream: upstream.clone(),
         full_refresh: options.full_refresh,
         range: options.range,
@@ -330,7 +331,8 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
     } = materialization;
     let (staged, checks) = match output {
         Output::Batches(batches) => {
-            check_schema(&context.key, &asset.schema, &batches)?;
+            let (schema, origin) = expected_schema(asset, context, &batches).await?;
+            check_schema(&context.key, &schema, origin, &batches)?;
             let checks = run_checks(asset, &batches);
             if let Some(blocking) = checks.iter().find(|c| c.blocking && !c.passed) {
                 return Ok(AssetResult {
@@ -342,7 +344,7 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
                     checks,
                 });
             }
-            let mut staged = Staged::partitioned(asset.schema.clone(), asset.partition_by.clone());
+            let mut staged = Staged::partitioned(schema, asset.partition_by.clone());
             context
                 .lake
                 .stage(&context.key, &mut staged, batches)
@@ -357,7 +359,7 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
                     context.key
                 )));
             }
-            if staged.schema() != &asset.schema {
+            if matches!(&asset.schema, OutputSchema::Declared(s) if s != staged.schema()) {
                 return Err(AssetError::data(format!(
                     "`{}` staged files with a schema other than the one it declares",
                     context.key
@@ -382,6 +384,7 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
     for side in side_writes {
         let side_metadata = CommitMetadata {
             asset: side.key.clone(),
+            extra: side.extra_metadata,
             ..metadata.clone()
         };
         context
@@ -435,10 +438,43 @@ fn run_checks(asset: &Asset, batches: &[RecordBatch]) -> Vec<CheckResult> {
         .collect()
 }
 
-/// Output must match the declared schema column for column; a non-nullable column may hold no nulls.
+/// Where the schema an output must match comes from, as the error messages say it.
+const DECLARED: &str = "the asset declares";
+const LOCKED: &str = "the table holds (an inferred schema stays locked until the asset's code \
+                      changes)";
+
+/// The schema `batches` must have, and where it comes from: the declared one; or for an inferred
+/// schema the table's own while the code version that wrote it is this one (the lock), and the
+/// output's when the table is new or the code changed.
+async fn expected_schema(
+    asset: &Asset,
+    context: &AssetContext,
+    batches: &[RecordBatch],
+) -> Result<(SchemaRef, &'static str), AssetError> {
+    if let OutputSchema::Declared(schema) = &asset.schema {
+        return Ok((schema.clone(), DECLARED));
+    }
+    if let Some(table) = context.lake.load(&context.key, At::Latest).await? {
+        let lineage = table.lineage().await?;
+        if lineage.is_some_and(|l| l.code_version == context.code_version) {
+            return Ok((table.arrow_schema()?, LOCKED));
+        }
+    }
+    let first = batches.first().ok_or_else(|| {
+        AssetError::data(format!(
+            "`{}` produced no batch to infer its schema from",
+            context.key
+        ))
+    })?;
+    Ok((first.schema(), DECLARED))
+}
+
+/// Output must match the expected schema column for column; a non-nullable column may hold no
+/// nulls. `origin` says where the expected schema comes from.
 fn check_schema(
     key: &str,
     declared: &SchemaRef,
+    origin: &str,
     batches: &[RecordBatch],
 ) -> Result<(), AssetError> {
     for batch in batches {
@@ -451,7 +487,7 @@ fn check_schema(
         };
         if names(&actual) != names(declared) {
             return Err(AssetError::data(format!(
-                "`{key}` produced columns [{}] but declares [{}]",
+                "`{key}` produced columns [{}] but {origin} [{}]",
                 names(&actual).join(", "),
                 names(declared).join(", ")
             )));
@@ -460,7 +496,7 @@ fn check_schema(
             let column = batch.column(index);
             if column.data_type() != field.data_type() {
                 return Err(AssetError::data(format!(
-                    "`{key}` column `{}` is {} but the asset declares {}",
+                    "`{key}` column `{}` is {} but {origin} {}",
                     field.name(),
                     column.data_type(),
                     field.data_type()

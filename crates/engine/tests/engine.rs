@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quantlens_engine::{
-    run, Asset, AssetContext, AssetError, Check, Materialization, Outcome, Registry, RetryPolicy,
-    RunOptions,
+    run, Asset, AssetContext, AssetError, Check, Materialization, Outcome, OutputSchema, Registry,
+    RetryPolicy, RunOptions,
 };
-use quantlens_graph::{AssetKey, AssetSpec};
 use quantlens_lake::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{At, Lake};
@@ -26,30 +25,16 @@ fn batch(values: &[i64]) -> RecordBatch {
 type Compute = Arc<dyn Fn(AssetContext) -> Result<Vec<RecordBatch>, AssetError> + Send + Sync>;
 
 fn asset(key: &str, deps: &[&str], compute: Compute) -> Asset {
-    Asset {
-        spec: AssetSpec {
-            key: AssetKey::new(key).unwrap(),
-            deps: deps.iter().map(|d| AssetKey::new(*d).unwrap()).collect(),
-            group: key.split('/').next().unwrap().to_string(),
-            code_version: "1".into(),
-            description: String::new(),
-        },
-        schema: schema(),
-        partition_by: Vec::new(),
-        checks: Vec::new(),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-        },
-        side_tables: Vec::new(),
-        compute: Arc::new(move |ctx| {
-            let compute = compute.clone();
-            Box::pin(async move {
-                compute(ctx).map(|b| Outcome::Materialized(Materialization::overwrite(b)))
-            })
-        }),
-    }
+    Asset::new(key, OutputSchema::Declared(schema()), move |ctx| {
+        let compute = compute.clone();
+        async move { compute(ctx).map(|b| Outcome::Materialized(Materialization::overwrite(b))) }
+    })
+    .deps(deps)
+    .retry(RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    })
 }
 
 fn constant(values: &'static [i64]) -> Compute {

@@ -153,6 +153,30 @@ pub fn duckdb_to_lake(
     conform(columns, schema)
 }
 
+/// Moves a lake (arrow 59) batch into DuckDB's arrow 60, for a query over data in memory.
+pub fn lake_to_duckdb(
+    batch: &RecordBatch,
+) -> Result<duckdb::arrow::record_batch::RecordBatch, LakeError> {
+    let structs = StructArray::from(batch.clone());
+    let (ffi_array, ffi_schema) = arrow::ffi::to_ffi(&structs.to_data())
+        .map_err(|e| bridge_error("exporting to DuckDB", e))?;
+    // SAFETY: arrow 59 and arrow 60 C Data Interface structs are the same #[repr(C)] layout.
+    let data = unsafe {
+        let ffi_array = std::mem::transmute::<
+            arrow::ffi::FFI_ArrowArray,
+            duckdb::arrow::ffi::FFI_ArrowArray,
+        >(ffi_array);
+        let ffi_schema = std::mem::transmute::<
+            arrow::ffi::FFI_ArrowSchema,
+            duckdb::arrow::ffi::FFI_ArrowSchema,
+        >(ffi_schema);
+        duckdb::arrow::ffi::from_ffi(ffi_array, &ffi_schema)
+            .map_err(|e| bridge_error("importing into DuckDB", e))?
+    };
+    let structs = duckdb::arrow::array::StructArray::from(data);
+    Ok(duckdb::arrow::record_batch::RecordBatch::from(structs))
+}
+
 /// Orders named columns as `schema` says and turns alternative string encodings into `Utf8`.
 /// Columns `schema` does not know are kept at the end, so the schema check can name them.
 fn conform(columns: Vec<(String, ArrayRef)>, schema: &SchemaRef) -> Result<RecordBatch, LakeError> {

@@ -84,11 +84,26 @@ pub async fn create_views(
 ) -> Result<Vec<String>, LakeError> {
     let mut created = Vec::new();
     for (key, view) in tables {
-        if let Some(query) = snapshot_query(lake, key, At::Latest).await? {
-            conn.execute_batch(&format!("CREATE OR REPLACE VIEW \"{view}\" AS {query}"))
-                .map_err(|e| LakeError::Bridge(format!("DuckDB view `{view}`: {e}")))?;
+        if create_view(conn, lake, key, view, At::Latest).await? {
             created.push(view.clone());
         }
     }
     Ok(created)
+}
+
+/// Creates (or replaces) the view `view` over the table `key` as it was at `at`; `false` when
+/// the table does not exist.
+pub async fn create_view(
+    conn: &duckdb::Connection,
+    lake: &Lake,
+    key: &str,
+    view: &str,
+    at: At,
+) -> Result<bool, LakeError> {
+    let Some(query) = snapshot_query(lake, key, at).await? else {
+        return Ok(false);
+    };
+    conn.execute_batch(&format!("CREATE OR REPLACE VIEW \"{view}\" AS {query}"))
+        .map_err(|e| LakeError::Bridge(format!("DuckDB view `{view}`: {e}")))?;
+    Ok(true)
 }

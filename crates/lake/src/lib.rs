@@ -16,7 +16,7 @@ mod storage;
 mod table;
 
 pub use arrow;
-pub use bridge::{batches_to_polars, duckdb_to_lake, polars_to_batches};
+pub use bridge::{batches_to_polars, duckdb_to_lake, lake_to_duckdb, polars_to_batches};
 pub use error::LakeError;
 pub use files::{FileStore, StoredFile};
 pub use location::{resolve_root, Lake};

@@ -10,20 +10,19 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use quantlens_engine::{
-    Asset, AssetContext, AssetError, Materialization, Outcome, Output, RetryPolicy, SideWrite,
+    Asset, AssetContext, AssetError, Materialization, Outcome, Output, OutputSchema, SideWrite,
 };
 use quantlens_lake::arrow::array::{
-    Array, ArrayBuilder, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray,
+    ArrayBuilder, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
 };
-use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{At, FileStore, Lake, Staged, StoredFile, WriteMode};
 use rayon::prelude::*;
 use serde_json::json;
 
+use crate::columns::{string_column, typed_column, utc_timestamp};
 use crate::landing::{is_candidate, parse_delivery, raw_fields, sha256_hex, RawColumns, RawRow};
-use crate::silver::typed_column;
-use crate::spec;
 
 pub const PRICES: &str = "bronze/prices";
 pub const LEDGER: &str = "bronze/landing_files";
@@ -31,10 +30,6 @@ pub const LEDGER: &str = "bronze/landing_files";
 /// Landing files read, parsed and written out together: enough rows for two Parquet writers
 /// to share the encoding, few enough to keep ingest memory small (~100 MB) on a backfill.
 const FILES_PER_BATCH: usize = 256;
-
-pub(crate) fn utc_timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 pub fn prices_schema() -> SchemaRef {
     let mut fields = raw_fields();
@@ -61,21 +56,13 @@ pub fn ledger_schema() -> SchemaRef {
 }
 
 pub fn asset(landing: String) -> Asset {
-    Asset {
-        spec: spec(
-            PRICES,
-            &[],
-            "bronze",
-            "1",
-            "Every landing row as raw strings, appended once per delivery.",
-        ),
-        schema: prices_schema(),
-        partition_by: Vec::new(),
-        checks: Vec::new(),
-        retry: RetryPolicy::default(),
-        side_tables: vec![LEDGER.to_string()],
-        compute: Arc::new(move |ctx| Box::pin(compute(ctx, landing.clone()))),
-    }
+    Asset::new(
+        PRICES,
+        OutputSchema::Declared(prices_schema()),
+        move |ctx| compute(ctx, landing.clone()),
+    )
+    .description("Every landing row as raw strings, appended once per delivery.")
+    .side_table(LEDGER)
 }
 
 struct LedgerEntry {
@@ -236,6 +223,7 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
             schema: ledger_schema(),
             batches: vec![ledger_batch],
             mode: WriteMode::Append,
+            extra_metadata: Default::default(),
         }],
         more: false,
         consumed: None,
@@ -276,8 +264,8 @@ impl Known {
 /// Margin for the clocks of remote landing storage and this machine disagreeing.
 const REMOTE_CLOCK_SKEW_SECONDS: i64 = 300;
 
-/// What is already handled, from the ledger plus the newest bronze commit (which a crash may have
-/// left unrecorded in the ledger), and ledger entries for the latter.
+/// What is already handled: the ledger, plus every bronze commit a crash left unrecorded there,
+/// with ledger entries for the latter.
 async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEntry>), AssetError> {
     let mut known = Known::default();
     if let Some(table) = lake.load(LEDGER, At::Latest).await? {
@@ -304,21 +292,12 @@ async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEntry>), Asse
     }
     let mut recovered = Vec::new();
     if let Some(prices) = lake.load(PRICES, At::Latest).await? {
-        let files = prices
-            .lineage()
-            .await?
-            .and_then(|m| m.extra.get("files").cloned())
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default();
-        for file in files {
-            let (Some(name), Some(sha)) = (file["file"].as_str(), file["sha256"].as_str()) else {
-                continue;
-            };
-            if known.insert(name, sha) {
+        for (name, sha) in unrecorded_files(&prices, &known).await? {
+            if known.insert(&name, &sha) {
                 recovered.push(LedgerEntry {
-                    file: name.to_string(),
+                    file: name,
                     bytes: 0,
-                    sha256: sha.to_string(),
+                    sha256: sha,
                     fate: Fate::Recovered,
                 });
             }
@@ -327,14 +306,68 @@ async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEntry>), Asse
     Ok((known, recovered))
 }
 
-pub(crate) fn string_column<'a>(
-    batch: &'a RecordBatch,
-    name: &str,
-) -> Result<&'a StringArray, AssetError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or_else(|| AssetError::data(format!("column `{name}` is missing or not a string")))
+/// Bronze commits looked at first when searching for ones the ledger misses; the whole history is
+/// read only when a crash left more than that unrecorded.
+const RECENT_COMMITS: usize = 8;
+
+/// The (file, sha256) pairs of bronze commits missing from the ledger, newest commit first.
+///
+/// Every ledger commit records all bronze commits made before it (its own run's and those it
+/// recovered), so the search walks back from the newest bronze commit and stops at the first one
+/// whose files the ledger holds: everything older was recorded with it or before. A crash can
+/// leave several commits unrecorded in a row (a run recovering an earlier one dies before its
+/// own ledger commit), which is why looking at the newest alone is not enough. Commits naming no
+/// files (maintenance, an append of rejected files only) prove nothing and are passed over.
+async fn unrecorded_files(
+    prices: &quantlens_lake::Table,
+    known: &Known,
+) -> Result<Vec<(String, String)>, AssetError> {
+    let recent = prices.history(Some(RECENT_COMMITS)).await?;
+    match missing_since_recorded(&recent, known) {
+        (missing, true) => Ok(missing),
+        (missing, false) if recent.len() < RECENT_COMMITS => Ok(missing),
+        _ => Ok(missing_since_recorded(&prices.history(None).await?, known).0),
+    }
+}
+
+/// The files of `history` (newest first) missing from the ledger, down to the first commit it
+/// records, and whether such a commit was found.
+fn missing_since_recorded(
+    history: &[quantlens_lake::Commit],
+    known: &Known,
+) -> (Vec<(String, String)>, bool) {
+    let mut missing = Vec::new();
+    for files in history.iter().map(commit_files).filter(|f| !f.is_empty()) {
+        let before = missing.len();
+        missing.extend(
+            files
+                .into_iter()
+                .filter(|(file, sha)| !known.contains(file, sha)),
+        );
+        if missing.len() == before {
+            return (missing, true);
+        }
+    }
+    (missing, false)
+}
+
+/// The landing files a bronze commit lists in its metadata.
+fn commit_files(commit: &quantlens_lake::Commit) -> Vec<(String, String)> {
+    let listed = commit
+        .quantlens
+        .as_ref()
+        .and_then(|m| m.extra.get("files"))
+        .and_then(|v| v.as_array());
+    listed
+        .into_iter()
+        .flatten()
+        .filter_map(|file| {
+            Some((
+                file["file"].as_str()?.to_string(),
+                file["sha256"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 fn ledger_batch(
@@ -416,5 +449,91 @@ impl BronzeBuilder {
         ));
         RecordBatch::try_new(prices_schema(), columns)
             .map_err(|e| AssetError::data(format!("building a bronze batch: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quantlens_lake::{Commit, CommitMetadata};
+
+    fn commit(version: i64, files: &[(&str, &str)]) -> Commit {
+        let listed: Vec<_> = files
+            .iter()
+            .map(|(file, sha)| json!({"file": file, "sha256": sha}))
+            .collect();
+        let mut extra = serde_json::Map::new();
+        extra.insert("files".into(), listed.into());
+        Commit {
+            version,
+            timestamp: None,
+            operation: "WRITE".into(),
+            quantlens: Some(CommitMetadata {
+                extra,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn vacuum(version: i64) -> Commit {
+        Commit {
+            version,
+            timestamp: None,
+            operation: "VACUUM END".into(),
+            quantlens: None,
+        }
+    }
+
+    fn ledger(pairs: &[(&str, &str)]) -> Known {
+        let mut known = Known::default();
+        for (file, sha) in pairs {
+            known.insert(file, sha);
+        }
+        known
+    }
+
+    #[test]
+    fn the_search_stops_at_the_newest_commit_the_ledger_records() {
+        let history = [
+            commit(3, &[("d.csv", "4")]),
+            commit(2, &[("c.csv", "3")]),
+            commit(1, &[("b.csv", "2")]),
+            commit(0, &[("a.csv", "1")]),
+        ];
+        let known = ledger(&[
+            ("a.csv", "1"),
+            ("b.csv", "2"),
+            ("c.csv", "3"),
+            ("d.csv", "4"),
+        ]);
+        assert_eq!(missing_since_recorded(&history, &known), (vec![], true));
+    }
+
+    #[test]
+    fn several_unrecorded_commits_in_a_row_are_all_found() {
+        // Run 1 committed c.csv and died; run 2 recovered it, committed d.csv and died too.
+        let history = [
+            vacuum(4),
+            commit(3, &[("d.csv", "4")]),
+            commit(2, &[("c.csv", "3")]),
+            commit(1, &[]),
+            commit(0, &[("a.csv", "1"), ("b.csv", "2")]),
+        ];
+        let known = ledger(&[("a.csv", "1"), ("b.csv", "2")]);
+        let (missing, found) = missing_since_recorded(&history, &known);
+        assert!(found);
+        let pair = |f: &str, s: &str| (f.to_string(), s.to_string());
+        assert_eq!(missing, [pair("d.csv", "4"), pair("c.csv", "3")]);
+    }
+
+    #[test]
+    fn a_changed_file_is_a_new_delivery_and_a_history_without_a_recorded_commit_is_all_missing() {
+        let history = [commit(1, &[("a.csv", "2")]), commit(0, &[("a.csv", "1")])];
+        let (missing, found) = missing_since_recorded(&history, &ledger(&[]));
+        assert_eq!(missing.len(), 2);
+        assert!(!found);
+        let (missing, found) = missing_since_recorded(&history, &ledger(&[("a.csv", "1")]));
+        assert_eq!(missing, [("a.csv".to_string(), "2".to_string())]);
+        assert!(found);
     }
 }

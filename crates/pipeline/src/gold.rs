@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use polars::prelude::{col, lit, IntoLazy, SortMultipleOptions};
 use quantlens_engine::{
-    Asset, AssetContext, AssetError, Check, Materialization, Outcome, RetryPolicy,
+    Asset, AssetContext, AssetError, Check, Materialization, Outcome, OutputSchema,
 };
 use quantlens_lake::arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Float64Array, RecordBatch, StringArray, UInt32Array,
@@ -19,16 +19,13 @@ use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch, take_r
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{batches_to_polars, duckdb_to_lake, polars_to_batches, Table};
 
-use crate::bronze::string_column;
-use crate::incremental::{self, Changes, Piece, Previous, MONTH};
-use crate::silver::{self, typed_column};
-use crate::spec;
+use crate::columns::{string_column, typed_column};
+use crate::silver;
+use quantlens_engine::dates::{date_of, month_of};
+use quantlens_engine::incremental::{self, plan, Changes, Piece, Plan, MONTH};
 
 pub const RETURNS: &str = "gold/returns";
 pub const MARKET_DAILY: &str = "gold/market_daily";
-
-const RETURNS_CODE_VERSION: &str = "2";
-const MARKET_DAILY_CODE_VERSION: &str = "2";
 
 /// A daily move beyond this (in log terms, about +65% / -40%) is worth a warning.
 const EXTREME_LOG_RETURN: f64 = 0.5;
@@ -72,42 +69,31 @@ fn without_month(schema: &SchemaRef) -> SchemaRef {
 }
 
 pub fn returns_asset() -> Asset {
-    Asset {
-        spec: spec(
-            RETURNS,
-            &[silver::PRICES],
-            "gold",
-            RETURNS_CODE_VERSION,
-            "Per symbol and day: log return, 20/50-day moving averages, 20-day volatility (Polars).",
-        ),
-        schema: returns_schema(),
-        partition_by: vec![MONTH.to_string()],
-        checks: vec![
-            Check::blocking("finite_values", finite_values),
-            Check::warning("no_extreme_moves", no_extreme_moves),
-        ],
-        retry: RetryPolicy::default(),
-        side_tables: Vec::new(),
-        compute: Arc::new(|ctx| Box::pin(compute_returns(ctx))),
-    }
+    Asset::new(
+        RETURNS,
+        OutputSchema::Declared(returns_schema()),
+        compute_returns,
+    )
+    .deps(&[silver::PRICES])
+    .code_version("2")
+    .description(
+        "Per symbol and day: log return, 20/50-day moving averages, 20-day volatility (Polars).",
+    )
+    .partitioned_by_month()
+    .check(Check::blocking("finite_values", finite_values))
+    .check(Check::warning("no_extreme_moves", no_extreme_moves))
 }
 
 pub fn market_daily_asset() -> Asset {
-    Asset {
-        spec: spec(
-            MARKET_DAILY,
-            &[RETURNS],
-            "gold",
-            MARKET_DAILY_CODE_VERSION,
-            "Per day: symbols, mean return, advancers, decliners, dollar volume (DuckDB).",
-        ),
-        schema: market_daily_schema(),
-        partition_by: vec![MONTH.to_string()],
-        checks: Vec::new(),
-        retry: RetryPolicy::default(),
-        side_tables: Vec::new(),
-        compute: Arc::new(|ctx| Box::pin(compute_market_daily(ctx))),
-    }
+    Asset::new(
+        MARKET_DAILY,
+        OutputSchema::Declared(market_daily_schema()),
+        compute_market_daily,
+    )
+    .deps(&[RETURNS])
+    .code_version("2")
+    .description("Per day: symbols, mean return, advancers, decliners, dollar volume (DuckDB).")
+    .partitioned_by_month()
 }
 
 fn polars_error(err: polars::prelude::PolarsError) -> AssetError {
@@ -118,68 +104,24 @@ fn arrow_error(err: quantlens_lake::arrow::error::ArrowError) -> AssetError {
     AssetError::data(format!("Arrow: {err}"))
 }
 
-/// What an incremental asset does this time, given its upstream's changes since it last ran.
-enum Plan {
-    Rebuild,
-    /// Recompute the next piece of months from the first changed one on.
-    Update(Changes, Box<Previous>, Piece),
-    Unchanged(String),
-}
-
-async fn plan(
-    ctx: &AssetContext,
-    upstream: &Table,
-    code_version: &str,
-) -> Result<Plan, AssetError> {
-    let upstream_key = upstream.key();
-    let Some(previous) = incremental::previous(ctx, upstream_key, code_version).await? else {
-        return Ok(Plan::Rebuild);
-    };
-    let since = previous.upstream_version;
-    if since == upstream.version() {
-        return Ok(Plan::Unchanged(format!(
-            "`{upstream_key}` has not changed since version {since}"
-        )));
-    }
-    let Some(changes) = incremental::changes_since(upstream, since).await? else {
-        (ctx.progress)(&format!(
-            "`{upstream_key}` was rebuilt since version {since}: rebuilding"
-        ));
-        return Ok(Plan::Rebuild);
-    };
-    let Some(earliest) = changes.earliest() else {
-        return Ok(Plan::Unchanged(format!(
-            "`{upstream_key}` changed no rows since version {since}"
-        )));
-    };
-    // Windows carry a change forward, so every month from the first changed one may change.
-    let months = incremental::months_from(upstream, &incremental::month_of(earliest))?;
-    let resume_after = previous.resume_after(upstream.version());
-    Ok(match Piece::next(&months, resume_after.as_deref()) {
-        Some(piece) => Plan::Update(changes, Box::new(previous), piece),
-        None => Plan::Unchanged(format!(
-            "`{upstream_key}` changes since version {since} are all applied"
-        )),
-    })
-}
-
 async fn compute_returns(ctx: AssetContext) -> Result<Outcome, AssetError> {
     let silver = ctx.upstream_table(silver::PRICES).await?;
-    match plan(&ctx, &silver, RETURNS_CODE_VERSION).await? {
+    match plan(&ctx, std::slice::from_ref(&silver)).await? {
         Plan::Unchanged(reason) => Ok(Outcome::Unchanged { reason }),
         Plan::Rebuild => {
             let rows = silver.read(Some(&SILVER_COLUMNS)).await?;
             let returns = split_by_month(&returns_schema(), returns_of(rows)?)?;
             Ok(Outcome::Materialized(Materialization::overwrite(returns)))
         }
-        Plan::Update(changes, previous, piece) => {
+        Plan::Update {
+            changes,
+            previous,
+            piece,
+            target,
+        } => {
             let batches = update_returns(&ctx, &silver, &previous.table, &changes, &piece).await?;
             Ok(Outcome::Materialized(piece.update_commit(
-                batches,
-                &changes,
-                silver.version(),
-                &previous,
-                false,
+                batches, &changes, target, &previous, false,
             )))
         }
     }
@@ -274,9 +216,7 @@ fn split_by_month(schema: &SchemaRef, batch: RecordBatch) -> Result<Vec<RecordBa
     let mut rows_of_month: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for row in 0..batch.num_rows() {
         let day = dates.value(row);
-        let month = month_of_day
-            .entry(day)
-            .or_insert_with(|| incremental::month_of(day));
+        let month = month_of_day.entry(day).or_insert_with(|| month_of(day));
         rows_of_month
             .entry(month.clone())
             .or_default()
@@ -385,7 +325,7 @@ fn window_std(runs: &[usize], values: &Float64Array, size: usize) -> Float64Arra
 
 async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> {
     let returns = ctx.upstream_table(RETURNS).await?;
-    match plan(&ctx, &returns, MARKET_DAILY_CODE_VERSION).await? {
+    match plan(&ctx, std::slice::from_ref(&returns)).await? {
         Plan::Unchanged(reason) => Ok(Outcome::Unchanged { reason }),
         Plan::Rebuild => {
             // A year of returns at a time keeps DuckDB's sorted aggregates small.
@@ -399,7 +339,12 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
             }
             Ok(Outcome::Materialized(Materialization::overwrite(daily)))
         }
-        Plan::Update(changes, previous, piece) => {
+        Plan::Update {
+            changes,
+            previous,
+            piece,
+            target,
+        } => {
             let from = changes.earliest().expect("changes are not empty");
             let files = incremental::files_in(&returns, &piece.months)?;
             let mut days = Vec::new();
@@ -418,13 +363,9 @@ async fn compute_market_daily(ctx: AssetContext) -> Result<Outcome, AssetError> 
                 .project(&(0..days.num_columns() - 1).collect::<Vec<_>>())
                 .map_err(arrow_error)?;
             let daily = split_by_month(&market_daily_schema(), without)?;
-            Ok(Outcome::Materialized(piece.update_commit(
-                daily,
-                &changes,
-                returns.version(),
-                &previous,
-                false,
-            )))
+            Ok(Outcome::Materialized(
+                piece.update_commit(daily, &changes, target, &previous, false),
+            ))
         }
     }
 }
@@ -457,7 +398,7 @@ async fn market_daily_of(
         quantlens_lake::duck::parquet_list(&paths),
         from.map_or(String::new(), |day| format!(
             "WHERE date >= DATE '{}'",
-            incremental::date_of(day)
+            date_of(day)
         )),
     );
     let duck_error = |e: duckdb::Error| AssetError::data(format!("DuckDB: {e}"));

@@ -7,14 +7,15 @@
 //! ```
 
 pub mod bronze;
+mod columns;
 pub mod demo;
 pub mod gold;
-pub mod incremental;
 pub mod landing;
+mod rejects;
+pub mod rules;
 pub mod silver;
 
 use quantlens_engine::{Asset, Registry};
-use quantlens_graph::{AssetKey, AssetSpec};
 
 /// Where the pipeline finds its inputs.
 #[derive(Clone, Debug)]
@@ -36,23 +37,6 @@ pub fn assets(config: &PipelineConfig) -> Vec<Asset> {
 /// The validated registry of the pipeline's assets.
 pub fn registry(config: &PipelineConfig) -> Registry {
     Registry::new(assets(config)).expect("the built-in asset graph is valid (checked by tests)")
-}
-
-pub(crate) fn spec(
-    key: &str,
-    deps: &[&str],
-    group: &str,
-    code_version: &str,
-    description: &str,
-) -> AssetSpec {
-    let key_of = |k: &str| AssetKey::new(k).expect("built-in asset keys are valid");
-    AssetSpec {
-        key: key_of(key),
-        deps: deps.iter().map(|d| key_of(d)).collect(),
-        group: group.to_string(),
-        code_version: code_version.to_string(),
-        description: description.to_string(),
-    }
 }
 
 #[cfg(test)]

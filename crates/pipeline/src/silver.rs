@@ -6,30 +6,29 @@
 //! compete with: the months they fall in are re-derived and replaced, nothing else.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::NaiveDate;
 use futures::TryStreamExt;
 use quantlens_engine::{
-    Asset, AssetContext, AssetError, Check, DateRange, Materialization, Outcome, RetryPolicy,
-    SideWrite,
+    Asset, AssetContext, AssetError, Check, DateRange, Materialization, Outcome, OutputSchema,
 };
 use quantlens_lake::arrow::array::{
-    Array, ArrayBuilder, Date32Array, Float64Array, Int32Array, Int64Array, Int64Builder,
-    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder,
+    Array, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{Table, TableFile, WriteMode};
+use quantlens_lake::{At, CommitMetadata, Table, TableFile, WriteMode};
 
-use crate::bronze::{self, string_column, utc_timestamp};
-use crate::incremental::{self, Backfill, Changes, Piece, Previous, Progress, MONTH};
-use crate::landing::{raw_fields, RawColumns, HEADER};
-use crate::spec;
+use crate::bronze;
+use crate::columns::{string_column, typed_column, utc_timestamp};
+use crate::landing::HEADER;
+use crate::rejects::{self, RejectsBuilder};
+use crate::rules::validate;
+use quantlens_engine::dates::{day_of, month_of, month_start, months_between};
+use quantlens_engine::incremental::{self, Backfill, Changes, Piece, Previous, Progress, MONTH};
 
 pub const PRICES: &str = "silver/prices";
-pub const REJECTS: &str = "silver/prices_rejects";
 
 /// Unused candidate capacity worth handing back while a rebuild turns candidates into rows.
 const SHRINK_SLACK: usize = 256 * 1024;
@@ -53,37 +52,15 @@ pub fn prices_schema() -> SchemaRef {
     ]))
 }
 
-pub fn rejects_schema() -> SchemaRef {
-    let mut fields = raw_fields();
-    fields.extend([
-        Field::new("source_file", DataType::Utf8, false),
-        Field::new("source_line", DataType::Int64, false),
-        Field::new("ingested_at", utc_timestamp(), false),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("detail", DataType::Utf8, false),
-    ]);
-    Arc::new(Schema::new(fields))
-}
-
 pub fn asset() -> Asset {
-    Asset {
-        spec: spec(
-            PRICES,
-            &[bronze::PRICES],
-            "silver",
-            CODE_VERSION,
-            "Validated daily prices, one row per (symbol, date), latest delivery wins.",
-        ),
-        schema: prices_schema(),
-        partition_by: vec![MONTH.to_string()],
-        checks: vec![
-            Check::blocking("unique_symbol_date", unique_symbol_date),
-            Check::blocking("no_null_prices", no_null_prices),
-        ],
-        retry: RetryPolicy::default(),
-        side_tables: vec![REJECTS.to_string()],
-        compute: Arc::new(|ctx| Box::pin(compute(ctx))),
-    }
+    Asset::new(PRICES, OutputSchema::Declared(prices_schema()), compute)
+        .deps(&[bronze::PRICES])
+        .code_version(CODE_VERSION)
+        .description("Validated daily prices, one row per (symbol, date), latest delivery wins.")
+        .partitioned_by_month()
+        .check(Check::blocking("unique_symbol_date", unique_symbol_date))
+        .check(Check::blocking("no_null_prices", no_null_prices))
+        .side_table(rejects::REJECTS)
 }
 
 /// A bronze row that passed every rule.
@@ -102,129 +79,6 @@ struct Candidate {
     /// From bronze rows this run reads, as opposed to a silver row it competes with.
     fresh: bool,
 }
-
-/// The first validation rule a row breaks, with a human explanation.
-#[derive(Debug, PartialEq)]
-pub struct Broken {
-    pub rule: &'static str,
-    pub detail: String,
-}
-
-/// Parsed values of a valid row.
-#[derive(Debug, PartialEq)]
-pub struct ValidRow<'a> {
-    pub symbol: &'a str,
-    pub date: NaiveDate,
-    pub prices: [f64; 4],
-    pub volume: i64,
-}
-
-/// Applies the silver rules in order to one row's raw fields and returns the first one broken.
-pub fn validate<'a>(
-    fields: &[Option<&'a str>; 7],
-    field_count: i32,
-) -> Result<ValidRow<'a>, Broken> {
-    let broken = |rule, detail: String| Err(Broken { rule, detail });
-    if field_count != 7 {
-        return broken(
-            "field_count",
-            format!("expected 7 fields, found {field_count}"),
-        );
-    }
-    let mut values = [""; 7];
-    for (index, field) in fields.iter().enumerate() {
-        let value = field.unwrap_or("").trim();
-        if value.is_empty() {
-            return broken("empty_field", format!("`{}` is empty", HEADER[index]));
-        }
-        values[index] = value;
-    }
-    let [symbol, date, ..] = values;
-    if !is_valid_symbol(symbol) {
-        return broken(
-            "bad_symbol",
-            format!("`{symbol}` does not match ^[A-Z0-9][A-Z0-9.-]{{0,15}}$"),
-        );
-    }
-    let Some(date) = parse_date(date) else {
-        return broken("bad_date", format!("`{date}` is not a YYYY-MM-DD date"));
-    };
-    let mut prices = [0.0; 4];
-    for (slot, index) in prices.iter_mut().zip(2..6) {
-        *slot = match values[index].parse::<f64>() {
-            Ok(price) => price,
-            Err(_) => {
-                return broken(
-                    "bad_number",
-                    format!("`{}` is not a number: `{}`", HEADER[index], values[index]),
-                )
-            }
-        };
-    }
-    let Ok(volume) = values[6].parse::<i64>() else {
-        return broken(
-            "bad_volume",
-            format!("`volume` is not an integer: `{}`", values[6]),
-        );
-    };
-    for (price, index) in prices.iter().zip(2..6) {
-        if !price.is_finite() {
-            return broken(
-                "price_not_finite",
-                format!("`{}` is {price}", HEADER[index]),
-            );
-        }
-        if *price <= 0.0 {
-            return broken(
-                "price_not_positive",
-                format!("`{}` is {price}", HEADER[index]),
-            );
-        }
-    }
-    if volume < 0 {
-        return broken("negative_volume", format!("`volume` is {volume}"));
-    }
-    let [open, high, low, close] = prices;
-    if low > open.min(close) {
-        return broken(
-            "low_above_open_close",
-            format!("low {low} > min(open {open}, close {close})"),
-        );
-    }
-    if high < open.max(close) {
-        return broken(
-            "high_below_open_close",
-            format!("high {high} < max(open {open}, close {close})"),
-        );
-    }
-    Ok(ValidRow {
-        symbol,
-        date,
-        prices,
-        volume,
-    })
-}
-
-fn is_valid_symbol(symbol: &str) -> bool {
-    let bytes = symbol.as_bytes();
-    let first_ok = bytes
-        .first()
-        .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    first_ok
-        && bytes.len() <= 16
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
-}
-
-fn parse_date(text: &str) -> Option<NaiveDate> {
-    if text.len() != 10 {
-        return None;
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
-}
-
-pub(crate) const UNIX_EPOCH_DAY: i32 = 719_163; // days from 0001-01-01 (CE day 1) to 1970-01-01
 
 /// Interns strings to dense ids, so millions of rows carry 4-byte keys instead of strings.
 #[derive(Default)]
@@ -256,68 +110,16 @@ impl Interner {
     }
 }
 
-struct RejectsBuilder {
-    fields: RawColumns,
-    source_file: StringBuilder,
-    source_line: Int64Builder,
-    ingested_at: TimestampMicrosecondBuilder,
-    rule: StringBuilder,
-    detail: StringBuilder,
-}
-
-impl RejectsBuilder {
-    fn len(&self) -> usize {
-        self.source_line.len()
-    }
-
-    fn new() -> Self {
-        RejectsBuilder {
-            fields: RawColumns::default(),
-            source_file: StringBuilder::new(),
-            source_line: Int64Builder::new(),
-            ingested_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            rule: StringBuilder::new(),
-            detail: StringBuilder::new(),
-        }
-    }
-
-    fn push(
-        &mut self,
-        fields: &[Option<&str>; 7],
-        file: &str,
-        line: i64,
-        ingested_at: i64,
-        broken: Broken,
-    ) {
-        self.fields.push(*fields);
-        self.source_file.append_value(file);
-        self.source_line.append_value(line);
-        self.ingested_at.append_value(ingested_at);
-        self.rule.append_value(broken.rule);
-        self.detail.append_value(broken.detail);
-    }
-
-    fn finish(mut self) -> Result<RecordBatch, AssetError> {
-        let mut columns = self.fields.finish();
-        columns.push(Arc::new(self.source_file.finish()));
-        columns.push(Arc::new(self.source_line.finish()));
-        columns.push(Arc::new(self.ingested_at.finish()));
-        columns.push(Arc::new(self.rule.finish()));
-        columns.push(Arc::new(self.detail.finish()));
-        RecordBatch::try_new(rejects_schema(), columns)
-            .map_err(|e| AssetError::data(format!("building the rejects batch: {e}")))
-    }
-}
-
 async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
     let bronze = ctx.upstream_table(bronze::PRICES).await?;
-    let Some(previous) = incremental::previous(&ctx, bronze::PRICES, CODE_VERSION).await? else {
+    let Some(previous) = incremental::previous(&ctx, bronze::PRICES).await? else {
         return rebuild(&bronze).await;
     };
+    let rejects_through = catch_up_rejects(&ctx, &previous).await?;
     // Catch up with bronze first, so that a backfill starts from an up-to-date table.
     if previous.upstream_version != bronze.version() {
         return match bronze.appended_since(previous.upstream_version).await? {
-            Some(new_files) => update(&ctx, &bronze, new_files, &previous).await,
+            Some(new_files) => update(&ctx, &bronze, new_files, &previous, rejects_through).await,
             None => {
                 (ctx.progress)(&format!(
                     "bronze did more than append since version {}: rebuilding",
@@ -344,30 +146,113 @@ async fn rebuild(bronze: &Table) -> Result<Outcome, AssetError> {
     }
     let derived = derivation.finish()?;
     let mut silver = Materialization::overwrite(derived.batches);
-    silver.side_writes.push(SideWrite {
-        key: REJECTS.into(),
-        schema: rejects_schema(),
-        batches: vec![derived.rejects],
-        mode: WriteMode::Overwrite,
-    });
+    silver.side_writes.push(rejects::side_write(
+        derived.rejects,
+        WriteMode::Overwrite,
+        bronze.version(),
+    ));
     Ok(Outcome::Materialized(silver))
+}
+
+/// Makes the rejects table complete up to the bronze version silver last read, when a crash
+/// between a silver commit and its rejects commit left it behind, and returns the bronze version
+/// it is complete up to (which may be ahead of silver's: an update in pieces writes its rejects
+/// with the first piece).
+async fn catch_up_rejects(ctx: &AssetContext, previous: &Previous) -> Result<i64, AssetError> {
+    let silver_read = previous.upstream_version;
+    let through = rejects::recorded_through(&ctx.lake, silver_read).await?;
+    if through.is_some_and(|through| through >= silver_read) {
+        return Ok(through.expect("checked"));
+    }
+    let bronze = ctx
+        .lake
+        .load(bronze::PRICES, At::Version(silver_read))
+        .await?
+        .ok_or_else(|| AssetError::data("bronze/prices is gone"))?;
+    let missing = match through {
+        Some(through) => bronze.appended_since(through).await?,
+        None => None,
+    };
+    // Without a clean trail of appends, the rejects of every bronze row replace the table.
+    let (files, mode) = match missing {
+        Some(files) => (files, WriteMode::Append),
+        None => (bronze.files()?, WriteMode::Overwrite),
+    };
+    let mut derivation = Derivation::with_capacity(0);
+    let mut batches = bronze.scan_files(files, None)?;
+    while let Some(batch) = batches.try_next().await? {
+        derivation.add_bronze(&batch, |_| false)?;
+    }
+    let found = derivation.rejects.len();
+    let repair = rejects::side_write(derivation.rejects.finish()?, mode, silver_read);
+    let metadata = CommitMetadata {
+        run_id: ctx.run_id.clone(),
+        asset: repair.key.clone(),
+        code_version: ctx.code_version.clone(),
+        upstream: previous.upstream.clone(),
+        extra: repair.extra_metadata,
+    };
+    ctx.lake
+        .write(
+            &repair.key,
+            repair.schema,
+            repair.batches,
+            repair.mode,
+            &metadata,
+        )
+        .await?;
+    (ctx.progress)(&format!(
+        "rejects table repaired up to bronze version {silver_read} with {found} reject(s) an \
+         interrupted run did not record"
+    ));
+    Ok(silver_read)
 }
 
 /// Applies the bronze rows appended since the last run: the months they fall in are derived
 /// again from those rows plus the silver rows already there, and replaced, a piece at a time.
+/// The rejects of bronze rows after `rejects_through` go with the first commit.
 async fn update(
     ctx: &AssetContext,
     bronze: &Table,
     new_files: Vec<TableFile>,
     previous: &Previous,
+    rejects_through: i64,
 ) -> Result<Outcome, AssetError> {
+    let rejects_due = rejects_through < bronze.version();
+    let unrecorded: HashSet<String> = match rejects_due {
+        true => bronze
+            .appended_since(rejects_through)
+            .await?
+            .ok_or_else(|| AssetError::data("bronze did more than append after its rejects"))?
+            .into_iter()
+            .map(|f| f.path.to_string())
+            .collect(),
+        false => HashSet::new(),
+    };
+    let (with_rejects, without): (Vec<_>, Vec<_>) = new_files
+        .into_iter()
+        .partition(|f| unrecorded.contains(f.path.as_ref()));
     let mut derivation = Derivation::with_capacity(0);
-    let mut batches = bronze.scan_files(new_files, None)?;
-    while let Some(batch) = batches.try_next().await? {
-        derivation.add_bronze(&batch, |_| true)?;
+    for (files, record_rejects) in [(with_rejects, true), (without, false)] {
+        derivation.record_rejects = record_rejects;
+        let mut batches = bronze.scan_files(files, None)?;
+        while let Some(batch) = batches.try_next().await? {
+            derivation.add_bronze(&batch, |_| true)?;
+        }
     }
     let months = derivation.months();
     let resume_after = previous.resume_after(bronze.version());
+    let rejects_of = |rejects: RecordBatch, output: Materialization| {
+        let mut output = output;
+        if rejects_due {
+            output.side_writes.push(rejects::side_write(
+                rejects,
+                WriteMode::Append,
+                bronze.version(),
+            ));
+        }
+        Outcome::Materialized(output)
+    };
     let Some(piece) = Piece::next(&months, resume_after.as_deref()) else {
         // Only rejects, or a crash right after the last piece: record the bronze version read.
         let output = Piece::materialization(
@@ -377,12 +262,7 @@ async fn update(
             None,
             ctx.range.is_some(),
         );
-        let rejects = derivation.rejects.finish()?;
-        return Ok(Outcome::Materialized(with_rejects(
-            output,
-            rejects,
-            resume_after.is_none(),
-        )));
+        return Ok(rejects_of(derivation.rejects.finish()?, output));
     };
     (ctx.progress)(&format!(
         "{} new bronze row(s) touch {} month(s); deriving {} to {}",
@@ -406,12 +286,7 @@ async fn update(
         previous,
         ctx.range.is_some(),
     );
-    // Rejects are appended once per update, with its first piece.
-    Ok(Outcome::Materialized(with_rejects(
-        output,
-        derived.rejects,
-        resume_after.is_none(),
-    )))
+    Ok(rejects_of(derived.rejects, output))
 }
 
 /// `--from/--to`: derives the months of the range again from every bronze row, a piece at a time
@@ -422,7 +297,7 @@ async fn backfill(
     previous: &Previous,
     range: DateRange,
 ) -> Result<Outcome, AssetError> {
-    let months = incremental::months_between(range.from, range.to);
+    let months = months_between(range.from, range.to);
     let (first, last) = (
         months.first().cloned().unwrap_or_default(),
         months.last().cloned().unwrap_or_default(),
@@ -476,19 +351,6 @@ async fn backfill(
     )))
 }
 
-/// Adds the rejects side write to a silver commit, when there are rejects to write.
-fn with_rejects(mut output: Materialization, rejects: RecordBatch, write: bool) -> Materialization {
-    if write && rejects.num_rows() > 0 {
-        output.side_writes.push(SideWrite {
-            key: REJECTS.into(),
-            schema: rejects_schema(),
-            batches: vec![rejects],
-            mode: WriteMode::Append,
-        });
-    }
-    output
-}
-
 /// Silver rows derived from candidates, with what changed and what was rejected.
 struct Derived {
     /// One batch per month, in (date, symbol) order.
@@ -538,10 +400,10 @@ impl Derivation {
             let fields: [Option<&str>; 7] =
                 std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
             match validate(&fields, field_count.value(row)) {
-                Ok(valid) if !keep(incremental::day_of(valid.date)) => {}
+                Ok(valid) if !keep(day_of(valid.date)) => {}
                 Ok(valid) => self.candidates.push(Candidate {
                     symbol: self.symbols.id(valid.symbol),
-                    date: incremental::day_of(valid.date),
+                    date: day_of(valid.date),
                     open: valid.prices[0],
                     high: valid.prices[1],
                     low: valid.prices[2],
@@ -600,7 +462,7 @@ impl Derivation {
     /// The months the candidates fall in.
     fn months(&self) -> BTreeSet<String> {
         let days: BTreeSet<i32> = self.candidates.iter().map(|c| c.date).collect();
-        days.into_iter().map(incremental::month_of).collect()
+        days.into_iter().map(month_of).collect()
     }
 
     fn finish(mut self) -> Result<Derived, AssetError> {
@@ -624,8 +486,8 @@ impl Derivation {
         // so that a rebuild holds about one copy of the table rather than two.
         let mut batches = Vec::new();
         while let Some(last) = self.candidates.last() {
-            let month = incremental::month_of(last.date);
-            let first_day = incremental::month_start(last.date);
+            let month = month_of(last.date);
+            let first_day = month_start(last.date);
             let start = self.candidates.partition_point(|c| c.date < first_day);
             batches.push(self.batch(&self.candidates[start..], &month)?);
             self.candidates.truncate(start);
@@ -683,20 +545,6 @@ impl Derivation {
         )
         .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))
     }
-}
-
-pub(crate) fn typed_column<'a, T: 'static>(
-    batch: &'a RecordBatch,
-    name: &str,
-) -> Result<&'a T, AssetError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            AssetError::data(format!(
-                "column `{name}` is missing or has an unexpected type"
-            ))
-        })
 }
 
 /// Blocking: at most one row per (symbol, date). Silver is written sorted by (date, symbol), which
@@ -757,103 +605,4 @@ fn no_null_prices(batches: &[RecordBatch]) -> Result<String, String> {
         }
     }
     Ok("open, high, low, close have no nulls".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Datelike;
-
-    fn check(fields: [&str; 7]) -> Result<(), &'static str> {
-        let fields = fields.map(Some);
-        validate(&fields, 7).map(|_| ()).map_err(|b| b.rule)
-    }
-
-    #[test]
-    fn each_rule_is_reported_first_when_broken() {
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "11", "9", "10.5", "100"]),
-            Ok(())
-        );
-        assert_eq!(
-            check(["BRK.B", "2024-01-02", "10", "11", "9", "10.5", "0"]),
-            Ok(())
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "11", "9", "", "100"]),
-            Err("empty_field")
-        );
-        assert_eq!(
-            check(["aaa", "2024-01-02", "10", "11", "9", "10", "100"]),
-            Err("bad_symbol")
-        );
-        assert_eq!(
-            check(["-AA", "2024-01-02", "10", "11", "9", "10", "100"]),
-            Err("bad_symbol")
-        );
-        assert_eq!(
-            check([
-                "ABCDEFGHIJKLMNOPQ",
-                "2024-01-02",
-                "10",
-                "11",
-                "9",
-                "10",
-                "1"
-            ]),
-            Err("bad_symbol")
-        );
-        assert_eq!(
-            check(["AAA", "02/01/2024", "10", "11", "9", "10", "100"]),
-            Err("bad_date")
-        );
-        assert_eq!(
-            check(["AAA", "2024-02-30", "10", "11", "9", "10", "100"]),
-            Err("bad_date")
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "ten", "11", "9", "10", "100"]),
-            Err("bad_number")
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "11", "9", "10", "1.5"]),
-            Err("bad_volume")
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "inf", "9", "10", "100"]),
-            Err("price_not_finite")
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "NaN", "9", "10", "100"]),
-            Err("price_not_finite")
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "11", "0", "10", "100"]),
-            Err("price_not_positive")
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "11", "9", "10", "-1"]),
-            Err("negative_volume")
-        );
-        // Swapped high and low.
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "9", "11", "10", "100"]),
-            Err("low_above_open_close")
-        );
-        assert_eq!(
-            check(["AAA", "2024-01-02", "10", "10.2", "9", "10.5", "100"]),
-            Err("high_below_open_close")
-        );
-        assert_eq!(
-            validate(&[Some("AAA"); 7], 6).unwrap_err().rule,
-            "field_count"
-        );
-        assert_eq!(validate(&[None; 7], 7).unwrap_err().rule, "empty_field");
-    }
-
-    #[test]
-    fn epoch_offset_is_right() {
-        let date = NaiveDate::from_ymd_opt(1970, 1, 2).unwrap();
-        assert_eq!(date.num_days_from_ce() - UNIX_EPOCH_DAY, 1);
-    }
 }

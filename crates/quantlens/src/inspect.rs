@@ -2,36 +2,61 @@
 //! takes the run lock; they read committed Delta versions and run records, which are always whole.
 
 use anyhow::{anyhow, Context as _};
-use quantlens_engine::asset_freshness;
+use quantlens_engine::{asset_freshness, Freshness};
 use quantlens_graph::AssetKey;
 use quantlens_lake::duck::{create_views, snapshot_query};
 use quantlens_lake::At;
-use quantlens_runs::{RunId, StateDir};
+use quantlens_runs::{exit, RunId, StateDir};
 use serde_json::json;
 
 use crate::output::print_table;
 use crate::{Failure, LineageFormat, Locations};
 
 pub async fn assets(locations: &Locations, as_json: bool) -> Result<i32, Failure> {
-    let registry = quantlens_pipeline::registry(&locations.pipeline()?);
+    let registry = locations.registry()?;
     let lake = locations.lake()?;
     let mut entries = Vec::new();
+    // Assets come in dependency order, so an upstream's state is known before its dependents'.
+    let mut stale = std::collections::BTreeSet::new();
     for asset in registry.assets() {
         let tables = std::iter::once((asset.spec.key.to_string(), true))
             .chain(asset.side_tables.iter().map(|t| (t.clone(), false)));
         for (key, is_asset) in tables {
             let table = lake.load(&key, At::Latest).await?;
             let state = if is_asset {
-                asset_freshness(asset, &lake)
-                    .await
-                    .map(|f| f.describe())
-                    .unwrap_or_else(|e| format!("stale: {}", e.message))
+                let stale_upstream: Vec<String> = asset
+                    .spec
+                    .deps
+                    .iter()
+                    .filter(|d| stale.contains(d.as_str()))
+                    .map(|d| format!("upstream {d} is stale"))
+                    .collect();
+                let freshness = match asset_freshness(asset, &lake).await {
+                    Ok(Freshness::Stale(mut reasons)) => {
+                        reasons.extend(stale_upstream);
+                        Freshness::Stale(reasons)
+                    }
+                    Ok(Freshness::Fresh) if !stale_upstream.is_empty() => {
+                        Freshness::Stale(stale_upstream)
+                    }
+                    Ok(fresh) => fresh,
+                    Err(e) => Freshness::Stale(vec![e.message]),
+                };
+                // Bronze reads landing files and is always "stale"; that alone says nothing
+                // about its dependents.
+                if !freshness.is_fresh() && !asset.spec.deps.is_empty() {
+                    stale.insert(key.clone());
+                }
+                freshness.describe()
             } else {
                 format!("written with {}", asset.spec.key)
             };
             entries.push(json!({
                 "table": key,
                 "layer": key.split('/').next().unwrap_or_default(),
+                "kind": if asset.defined_in.is_some() { "sql" } else { "rust" },
+                "defined_in": asset.defined_in,
+                "description": asset.spec.description,
                 "last_materialized": table.as_ref().and_then(|t| t.version_timestamp()).map(|t| t.to_rfc3339()),
                 "version": table.as_ref().map(|t| t.version()),
                 "rows": table.as_ref().map(|t| t.row_count()).transpose()?,
@@ -54,6 +79,7 @@ pub async fn assets(locations: &Locations, as_json: bool) -> Result<i32, Failure
             [
                 "table",
                 "layer",
+                "kind",
                 "last_materialized",
                 "version",
                 "rows",
@@ -68,6 +94,7 @@ pub async fn assets(locations: &Locations, as_json: bool) -> Result<i32, Failure
         &[
             "table",
             "layer",
+            "kind",
             "last materialized",
             "version",
             "rows",
@@ -78,8 +105,39 @@ pub async fn assets(locations: &Locations, as_json: bool) -> Result<i32, Failure
     Ok(0)
 }
 
+/// `assets check`: validates the SQL assets against the lake, in dependency order.
+pub async fn check_assets(locations: &Locations) -> Result<i32, Failure> {
+    let registry = locations.registry()?;
+    let builtin = quantlens_pipeline::assets(&locations.pipeline()?);
+    let sql = locations.sql_assets(&builtin)?;
+    let order: Vec<String> = registry
+        .graph()
+        .keys()
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let mut ordered = sql;
+    ordered.sort_by_key(|a| order.iter().position(|k| *k == a.key));
+    if ordered.is_empty() {
+        println!("no SQL assets (ASSETS_DIR unset and no ./assets folder, or an empty one)");
+        return Ok(exit::SUCCEEDED);
+    }
+    let verdicts = quantlens_sql::check_against_lake(&locations.lake()?, &ordered).await;
+    for verdict in &verdicts {
+        let mark = if verdict.ok { "ok  " } else { "FAIL" };
+        println!("{mark} {}: {}", verdict.key, verdict.detail);
+    }
+    let failed = verdicts.iter().filter(|v| !v.ok).count();
+    println!("{} SQL asset(s) checked, {failed} failed", verdicts.len());
+    Ok(if failed == 0 {
+        exit::SUCCEEDED
+    } else {
+        exit::USAGE
+    })
+}
+
 pub fn lineage(locations: &Locations, format: LineageFormat) -> Result<i32, Failure> {
-    let registry = quantlens_pipeline::registry(&locations.pipeline()?);
+    let registry = locations.registry()?;
     let graph = registry.graph();
     match format {
         LineageFormat::Mermaid => print!("{}", graph.to_mermaid()),
@@ -168,7 +226,7 @@ pub fn runs(
 
 /// Refuses a table name that is not one of the pipeline's, listing those that are.
 fn known_table(locations: &Locations, key: &str) -> Result<String, Failure> {
-    let tables = quantlens_pipeline::registry(&locations.pipeline()?).tables();
+    let tables = locations.registry()?.tables();
     if tables.iter().any(|t| t == key) {
         return Ok(key.to_string());
     }
@@ -246,7 +304,7 @@ pub async fn show(
 }
 
 pub async fn sql(locations: &Locations, query: &str) -> Result<i32, Failure> {
-    let registry = quantlens_pipeline::registry(&locations.pipeline()?);
+    let registry = locations.registry()?;
     let lake = locations.lake()?;
     let tables: Vec<(String, String)> = registry
         .tables()

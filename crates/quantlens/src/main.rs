@@ -9,11 +9,13 @@ mod maintain;
 mod materialize;
 mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use quantlens_engine::Registry;
 use quantlens_lake::{resolve_root, Lake};
 use quantlens_pipeline::PipelineConfig;
 use quantlens_runs::exit;
@@ -46,7 +48,14 @@ struct Locations {
     /// Local directory for run records and the run lock.
     #[arg(long, env = "STATE_DIR", default_value = "./state", global = true)]
     state_dir: PathBuf,
+    /// Folder of SQL assets (`*.sql`, the key is the path: gold/x.sql is gold/x), loaded at run
+    /// time [default: ./assets when that folder exists].
+    #[arg(long, env = "ASSETS_DIR", global = true)]
+    assets_dir: Option<PathBuf>,
 }
+
+/// Where SQL assets live in a clone when ASSETS_DIR is not set.
+const DEFAULT_ASSETS_DIR: &str = "./assets";
 
 impl Locations {
     fn lake(&self) -> anyhow::Result<Lake> {
@@ -68,14 +77,42 @@ impl Locations {
             landing: self.landing()?,
         })
     }
+
+    /// The SQL assets of ASSETS_DIR, validated against the built-in assets. A folder named
+    /// explicitly must exist; the default one may not.
+    fn sql_assets(
+        &self,
+        builtin: &[quantlens_engine::Asset],
+    ) -> anyhow::Result<Vec<Arc<quantlens_sql::SqlAsset>>> {
+        let dir = match &self.assets_dir {
+            Some(dir) if !dir.is_dir() => {
+                anyhow::bail!("ASSETS_DIR {} is not a directory", dir.display())
+            }
+            Some(dir) => dir.clone(),
+            None if Path::new(DEFAULT_ASSETS_DIR).is_dir() => PathBuf::from(DEFAULT_ASSETS_DIR),
+            None => return Ok(Vec::new()),
+        };
+        Ok(quantlens_sql::load_dir(&dir, builtin)?)
+    }
+
+    /// Every asset: the built-in pipeline plus the SQL assets, as one validated graph.
+    fn registry(&self) -> anyhow::Result<Registry> {
+        let mut assets = quantlens_pipeline::assets(&self.pipeline()?);
+        let sql = self.sql_assets(&assets)?;
+        assets.extend(sql.iter().map(|a| a.to_asset()));
+        Ok(Registry::new(assets)?)
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Materialise the selected assets (all by default) and record the run.
     Materialize(materialize::MaterializeArgs),
-    /// List every table: layer, last materialisation, version, rows, stale or fresh.
+    /// List every table: layer, last materialisation, version, rows, stale or fresh; or
+    /// `assets check` to validate the SQL assets against the lake.
     Assets {
+        #[command(subcommand)]
+        action: Option<AssetsAction>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -130,6 +167,14 @@ enum Command {
     Restore(backup::RestoreArgs),
     /// Compact small files, write checkpoints and vacuum old files, for every table.
     Maintain(maintain::MaintainArgs),
+}
+
+#[derive(Subcommand)]
+enum AssetsAction {
+    /// Validate every SQL asset against the current lake without writing anything: each query
+    /// prepared with LIMIT 0, each check query prepared, each locked schema compared. Exit 2 on
+    /// any problem.
+    Check,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -247,7 +292,11 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
     let locations = cli.locations;
     match cli.command {
         Command::Materialize(args) => materialize::run(&locations, args).await,
-        Command::Assets { json } => inspect::assets(&locations, json).await,
+        Command::Assets {
+            action: Some(AssetsAction::Check),
+            ..
+        } => inspect::check_assets(&locations).await,
+        Command::Assets { action: None, json } => inspect::assets(&locations, json).await,
         Command::Lineage { format } => inspect::lineage(&locations, format),
         Command::Runs {
             run_id,

@@ -48,7 +48,7 @@ pub struct MaterializeArgs {
 }
 
 pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Failure> {
-    let registry = quantlens_pipeline::registry(&locations.pipeline()?);
+    let registry = locations.registry()?;
     let selected: Vec<String> = registry
         .graph()
         .select(&args.select)?

@@ -122,7 +122,8 @@ Environment:
   Each option above can also be set with the variable shown; the option wins.
   QUANTLENS_TRIGGER_TOKEN  The bearer token itself (instead of --token-file). There is no flag
                            for it: command lines are visible to every user of the machine.
-  DATA_ROOT, LANDING_DIR   Not read by the daemon; passed through to the worker.
+  DATA_ROOT, LANDING_DIR,  Not read by the daemon; passed through to the worker.
+  ASSETS_DIR
   PATH HOME LANG LC_* TZ TMPDIR RUST_LOG RUST_BACKTRACE AWS_* QUANTLENS_KEEP_RUNS
   QUANTLENS_CACHE_DIR QUANTLENS_S3_CREDENTIALS
   CREDENTIALS_DIRECTORY    Also passed through to the worker. Nothing else is: the worker starts

@@ -48,6 +48,7 @@ const PASSED_VARS: &[&str] = &[
     "RUST_BACKTRACE",
     "DATA_ROOT",
     "LANDING_DIR",
+    "ASSETS_DIR",
     "QUANTLENS_KEEP_RUNS",
     "QUANTLENS_CACHE_DIR",
     // Object-storage keys for an s3:// DATA_ROOT: a file of KEY=VALUE lines, typically in the

@@ -13,12 +13,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{Datelike, NaiveDate};
-use quantlens_engine::{AssetContext, AssetError, Materialization};
+use crate::{AssetContext, AssetError, Materialization};
+use chrono::NaiveDate;
 use quantlens_lake::arrow::array::{Array, RecordBatch, StringArray};
 use quantlens_lake::{At, Table, TableFile, WriteMode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use crate::dates::{date_of, day_of, month_of};
 
 /// The partition column of silver and gold.
 pub const MONTH: &str = "month";
@@ -34,28 +36,6 @@ pub const PIECE_MONTHS: usize = 12;
 
 /// Commits that rewrite or delete files without changing what the table holds.
 const NO_DATA_CHANGE: [&str; 3] = ["OPTIMIZE", "VACUUM START", "VACUUM END"];
-
-/// The date of a Date32 value (days since 1970-01-01).
-pub fn date_of(day: i32) -> NaiveDate {
-    NaiveDate::from_num_days_from_ce_opt(day + crate::silver::UNIX_EPOCH_DAY)
-        .expect("Date32 values of the lake are within chrono's range")
-}
-
-/// The Date32 value of a date.
-pub fn day_of(date: NaiveDate) -> i32 {
-    date.num_days_from_ce() - crate::silver::UNIX_EPOCH_DAY
-}
-
-/// The first day of the month a Date32 value falls in.
-pub fn month_start(day: i32) -> i32 {
-    day_of(date_of(day).with_day(1).expect("day 1 exists"))
-}
-
-/// The partition ("YYYY-MM") a Date32 value falls in.
-pub fn month_of(day: i32) -> String {
-    let date = date_of(day);
-    format!("{:04}-{:02}", date.year(), date.month())
-}
 
 /// The files of a snapshot in the given partitions.
 pub fn files_in(table: &Table, months: &BTreeSet<String>) -> Result<Vec<TableFile>, AssetError> {
@@ -75,14 +55,31 @@ pub fn months_from(table: &Table, first: &str) -> Result<BTreeSet<String>, Asset
         .collect())
 }
 
-/// Per symbol, the earliest date whose row changed: everything from there on may differ.
+/// Per symbol, the earliest date whose row changed: everything from there on may differ. An
+/// asset that does not track symbols (a SQL asset) says "every symbol, from this date on".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     from: BTreeMap<String, i32>,
+    every_symbol_from: Option<i32>,
 }
 
+/// How [`Changes::to_json`] writes "every symbol".
+const EVERY_SYMBOL: &str = "*";
+
 impl Changes {
+    /// Every row from `day` on may have changed, whatever its symbol.
+    pub fn everything_from(day: i32) -> Changes {
+        Changes {
+            from: BTreeMap::new(),
+            every_symbol_from: Some(day),
+        }
+    }
+
     pub fn add(&mut self, symbol: &str, day: i32) {
+        if symbol == EVERY_SYMBOL {
+            self.every_symbol_from = Some(self.every_symbol_from.map_or(day, |d| d.min(day)));
+            return;
+        }
         match self.from.get_mut(symbol) {
             Some(earliest) => *earliest = (*earliest).min(day),
             None => {
@@ -95,24 +92,38 @@ impl Changes {
         for (symbol, day) in &other.from {
             self.add(symbol, *day);
         }
+        if let Some(day) = other.every_symbol_from {
+            self.add(EVERY_SYMBOL, day);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.from.is_empty()
+        self.from.is_empty() && self.every_symbol_from.is_none()
     }
 
     /// The earliest changed date of `symbol`, if it changed.
     pub fn from(&self, symbol: &str) -> Option<i32> {
-        self.from.get(symbol).copied()
+        match (self.from.get(symbol).copied(), self.every_symbol_from) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The earliest changed date of any symbol.
     pub fn earliest(&self) -> Option<i32> {
-        self.from.values().min().copied()
+        self.from
+            .values()
+            .copied()
+            .chain(self.every_symbol_from)
+            .min()
     }
 
+    /// How many symbols changed (`usize::MAX` when every symbol may have).
     pub fn symbols(&self) -> usize {
-        self.from.len()
+        match self.every_symbol_from {
+            Some(_) => usize::MAX,
+            None => self.from.len(),
+        }
     }
 
     /// Whether the row (symbol, day) lies in the changed range.
@@ -124,9 +135,14 @@ impl Changes {
     /// grouping by date keeps the commit small.
     pub fn to_json(&self) -> Value {
         let mut by_date: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        for (symbol, day) in &self.from {
+        let every = self.every_symbol_from.map(|day| (EVERY_SYMBOL, day));
+        let listed = self
+            .from
+            .iter()
+            .map(|(symbol, day)| (symbol.as_str(), *day));
+        for (symbol, day) in listed.chain(every) {
             by_date
-                .entry(date_of(*day).to_string())
+                .entry(date_of(day).to_string())
                 .or_default()
                 .push(symbol);
         }
@@ -164,7 +180,8 @@ pub struct Previous {
 /// How far an update committed in pieces got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// The upstream version the update brings the table to.
+    /// The upstream version the update brings the table to. With several upstream tables, the
+    /// sum of their versions: each only grows, so the sum stays the same exactly when none moved.
     pub target: i64,
     /// The last month committed.
     pub through: String,
@@ -283,26 +300,9 @@ impl Piece {
     }
 }
 
-/// The calendar months from `first` to `last` ("YYYY-MM"), inclusive.
-pub fn months_between(first: NaiveDate, last: NaiveDate) -> BTreeSet<String> {
-    let mut months = BTreeSet::new();
-    let mut day = first.with_day(1).expect("day 1 exists");
-    while day <= last {
-        months.insert(month_of(day_of(day)));
-        day = day
-            .checked_add_months(chrono::Months::new(1))
-            .expect("dates stay in chrono's range");
-    }
-    months
-}
-
 /// The asset's last result, if it can be updated in place: it exists, was written by this code
 /// version from `upstream`, and no full refresh was asked for.
-pub async fn previous(
-    ctx: &AssetContext,
-    upstream: &str,
-    code_version: &str,
-) -> Result<Option<Previous>, AssetError> {
+pub async fn previous(ctx: &AssetContext, upstream: &str) -> Result<Option<Previous>, AssetError> {
     if ctx.full_refresh {
         return Ok(None);
     }
@@ -312,7 +312,7 @@ pub async fn previous(
     let Some(lineage) = table
         .lineage()
         .await?
-        .filter(|l| l.code_version == code_version)
+        .filter(|l| l.code_version == ctx.code_version)
     else {
         return Ok(None);
     };
@@ -332,6 +332,92 @@ pub async fn previous(
         upstream_version,
         progress,
     }))
+}
+
+/// What an incremental asset does this time.
+pub enum Plan {
+    /// Rebuild the whole table: it is new, its code changed, a full refresh was asked for, or an
+    /// upstream table does not say what it changed.
+    Rebuild,
+    /// Recompute the months of `piece`, the next piece of the months from the first change on.
+    Update {
+        changes: Changes,
+        previous: Box<Previous>,
+        piece: Piece,
+        /// The upstream version the update brings the table to (see [`Progress::target`]).
+        target: i64,
+    },
+    Unchanged(String),
+}
+
+/// Plans the run of an asset partitioned by month whose rows depend on upstream rows of the same
+/// date and earlier ones (rolling windows carry a change forward): every month from the first
+/// changed one through the last month the upstream tables hold is recomputed, a piece at a time.
+/// `upstream` are the asset's upstream tables at their pinned versions.
+pub async fn plan(ctx: &AssetContext, upstream: &[Table]) -> Result<Plan, AssetError> {
+    let Some(first) = upstream.first() else {
+        return Ok(Plan::Rebuild);
+    };
+    let Some(previous) = previous(ctx, first.key()).await? else {
+        return Ok(Plan::Rebuild);
+    };
+    let mut changes = Changes::default();
+    let mut moved = Vec::new();
+    for table in upstream {
+        let Some(&since) = previous.upstream.get(table.key()) else {
+            return Ok(Plan::Rebuild);
+        };
+        if since == table.version() {
+            continue;
+        }
+        moved.push(format!(
+            "`{}` v{since} -> v{}",
+            table.key(),
+            table.version()
+        ));
+        let Some(changed) = changes_since(table, since).await? else {
+            (ctx.progress)(&format!(
+                "`{}` was rebuilt since version {since}: rebuilding",
+                table.key()
+            ));
+            return Ok(Plan::Rebuild);
+        };
+        changes.merge(&changed);
+    }
+    if moved.is_empty() {
+        return Ok(Plan::Unchanged(format!(
+            "{} not changed since the last run",
+            keys(upstream)
+        )));
+    }
+    let Some(earliest) = changes.earliest() else {
+        return Ok(Plan::Unchanged(format!(
+            "{} changed no rows ({})",
+            keys(upstream),
+            moved.join(", ")
+        )));
+    };
+    let mut months = BTreeSet::new();
+    for table in upstream {
+        months.extend(months_from(table, &month_of(earliest))?);
+    }
+    let target = upstream.iter().map(Table::version).sum();
+    Ok(
+        match Piece::next(&months, previous.resume_after(target).as_deref()) {
+            Some(piece) => Plan::Update {
+                changes,
+                previous: Box::new(previous),
+                piece,
+                target,
+            },
+            None => Plan::Unchanged(format!("the changes of {} are all applied", keys(upstream))),
+        },
+    )
+}
+
+fn keys(tables: &[Table]) -> String {
+    let keys: Vec<String> = tables.iter().map(|t| format!("`{}`", t.key())).collect();
+    keys.join(", ")
 }
 
 /// The changes `upstream` went through after `since`, up to the loaded version, or `None` when a
@@ -372,15 +458,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn months_and_days_round_trip() {
-        let date = NaiveDate::from_ymd_opt(2024, 3, 5).unwrap();
-        assert_eq!(month_of(day_of(date)), "2024-03");
-        assert_eq!(date_of(day_of(date)), date);
-        assert_eq!(month_of(0), "1970-01");
-        assert_eq!(date_of(month_start(day_of(date))).to_string(), "2024-03-01");
-    }
-
-    #[test]
     fn pieces_cover_the_months_in_order_and_resume_after_the_last_done() {
         let months: BTreeSet<String> = (1..=30)
             .map(|i| format!("{:04}-{:02}", 2000 + (i - 1) / 12, (i - 1) % 12 + 1))
@@ -393,14 +470,6 @@ mod tests {
         assert_eq!(third.months.first().unwrap(), "2002-01");
         assert!(third.last && third.months.len() == 6);
         assert_eq!(Piece::next(&months, Some("2002-06")), None);
-        let between = months_between(
-            NaiveDate::from_ymd_opt(2023, 11, 15).unwrap(),
-            NaiveDate::from_ymd_opt(2024, 2, 1).unwrap(),
-        );
-        assert_eq!(
-            between.into_iter().collect::<Vec<_>>(),
-            ["2023-11", "2023-12", "2024-01", "2024-02"]
-        );
     }
 
     #[test]
@@ -413,7 +482,17 @@ mod tests {
         assert_eq!(changes.earliest(), Some(90));
         assert!(changes.covers("BBB", 100) && !changes.covers("BBB", 99));
         assert!(!changes.covers("CCC", 1000));
-        assert_eq!(Changes::from_json(&changes.to_json()), Some(changes));
+        assert_eq!(
+            Changes::from_json(&changes.to_json()),
+            Some(changes.clone())
+        );
         assert_eq!(Changes::from_json(&json!(["not", "a", "map"])), None);
+        let mut everything = Changes::everything_from(95);
+        assert!(everything.covers("ZZZ", 95) && !everything.covers("ZZZ", 94));
+        everything.merge(&changes);
+        assert_eq!(everything.from("AAA"), Some(90));
+        assert_eq!(everything.from("BBB"), Some(95));
+        assert_eq!(everything.symbols(), usize::MAX);
+        assert_eq!(Changes::from_json(&everything.to_json()), Some(everything));
     }
 }
