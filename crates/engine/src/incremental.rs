@@ -362,19 +362,20 @@ pub async fn plan(ctx: &AssetContext, upstream: &[Table]) -> Result<Plan, AssetE
         return Ok(Plan::Rebuild);
     };
     let mut changes = Changes::default();
-    let mut moved = Vec::new();
+    // Each upstream table with the version last read, for the messages.
+    let mut read = Vec::new();
+    let mut moved = false;
     for table in upstream {
         let Some(&since) = previous.upstream.get(table.key()) else {
             return Ok(Plan::Rebuild);
         };
+        read.push(format!("`{}`", table.key()));
         if since == table.version() {
+            *read.last_mut().expect("pushed") += &format!(" has not changed since version {since}");
             continue;
         }
-        moved.push(format!(
-            "`{}` v{since} -> v{}",
-            table.key(),
-            table.version()
-        ));
+        moved = true;
+        *read.last_mut().expect("pushed") += &format!(" since version {since}");
         let Some(changed) = changes_since(table, since).await? else {
             (ctx.progress)(&format!(
                 "`{}` was rebuilt since version {since}: rebuilding",
@@ -384,17 +385,13 @@ pub async fn plan(ctx: &AssetContext, upstream: &[Table]) -> Result<Plan, AssetE
         };
         changes.merge(&changed);
     }
-    if moved.is_empty() {
-        return Ok(Plan::Unchanged(format!(
-            "{} not changed since the last run",
-            keys(upstream)
-        )));
+    if !moved {
+        return Ok(Plan::Unchanged(read.join(", ")));
     }
     let Some(earliest) = changes.earliest() else {
         return Ok(Plan::Unchanged(format!(
-            "{} changed no rows ({})",
-            keys(upstream),
-            moved.join(", ")
+            "no rows changed: {}",
+            read.join(", ")
         )));
     };
     let mut months = BTreeSet::new();
@@ -410,14 +407,9 @@ pub async fn plan(ctx: &AssetContext, upstream: &[Table]) -> Result<Plan, AssetE
                 piece,
                 target,
             },
-            None => Plan::Unchanged(format!("the changes of {} are all applied", keys(upstream))),
+            None => Plan::Unchanged(format!("the changes are all applied: {}", read.join(", "))),
         },
     )
-}
-
-fn keys(tables: &[Table]) -> String {
-    let keys: Vec<String> = tables.iter().map(|t| format!("`{}`", t.key())).collect();
-    keys.join(", ")
 }
 
 /// The changes `upstream` went through after `since`, up to the loaded version, or `None` when a

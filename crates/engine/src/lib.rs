@@ -13,6 +13,7 @@ pub mod incremental;
 mod registry;
 mod retry;
 mod runner;
+mod validate;
 
 pub use asset::{
     Asset, AssetContext, AssetError, ComputeFn, DateRange, ErrorKind, Materialization, Outcome,

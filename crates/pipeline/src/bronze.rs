@@ -4,7 +4,6 @@
 //! its files in its commit metadata; if a crash struck between that commit and the ledger's, the
 //! next run finds the files there, treats them as ingested and repairs the ledger.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -13,19 +12,21 @@ use quantlens_engine::{
     Asset, AssetContext, AssetError, Materialization, Outcome, Output, OutputSchema, SideWrite,
 };
 use quantlens_lake::arrow::array::{
-    ArrayBuilder, Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray,
+    ArrayBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{At, FileStore, Lake, Staged, StoredFile, WriteMode};
+use quantlens_lake::{FileStore, Staged, WriteMode};
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::columns::{string_column, typed_column, utc_timestamp};
+use crate::columns::utc_timestamp;
 use crate::landing::{is_candidate, parse_delivery, raw_fields, sha256_hex, RawColumns, RawRow};
+use crate::ledger::{
+    known_deliveries, ledger_batch, ledger_schema, Fate, LedgerEntry, LEDGER,
+    REMOTE_CLOCK_SKEW_SECONDS,
+};
 
 pub const PRICES: &str = "bronze/prices";
-pub const LEDGER: &str = "bronze/landing_files";
 
 /// Landing files read, parsed and written out together: enough rows for two Parquet writers
 /// to share the encoding, few enough to keep ingest memory small (~100 MB) on a backfill.
@@ -42,19 +43,6 @@ pub fn prices_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-pub fn ledger_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("file", DataType::Utf8, false),
-        Field::new("bytes", DataType::Int64, false),
-        Field::new("sha256", DataType::Utf8, false),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("reason", DataType::Utf8, true),
-        Field::new("rows", DataType::Int64, true),
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("ingested_at", utc_timestamp(), false),
-    ]))
-}
-
 pub fn asset(landing: String) -> Asset {
     Asset::new(
         PRICES,
@@ -63,24 +51,6 @@ pub fn asset(landing: String) -> Asset {
     )
     .description("Every landing row as raw strings, appended once per delivery.")
     .side_table(LEDGER)
-}
-
-struct LedgerEntry {
-    file: String,
-    bytes: u64,
-    sha256: String,
-    fate: Fate,
-}
-
-enum Fate {
-    Ingested {
-        rows: u64,
-    },
-    Rejected {
-        reason: String,
-    },
-    /// Found in a bronze commit that an interrupted run did not record in the ledger.
-    Recovered,
 }
 
 async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetError> {
@@ -230,191 +200,6 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
     }))
 }
 
-/// What the ledger knows about landing files: which (file, sha256) pairs were handled, and for
-/// each file the size it had and the time it was last handled.
-#[derive(Default)]
-struct Known {
-    deliveries: HashSet<(String, String)>,
-    seen: HashMap<String, (u64, i64)>,
-}
-
-impl Known {
-    fn contains(&self, file: &str, sha256: &str) -> bool {
-        self.deliveries
-            .contains(&(file.to_string(), sha256.to_string()))
-    }
-
-    /// Returns true when the pair is new.
-    fn insert(&mut self, file: &str, sha256: &str) -> bool {
-        self.deliveries
-            .insert((file.to_string(), sha256.to_string()))
-    }
-
-    /// A file with the size it had when last handled and not modified since (allowing for
-    /// `clock_skew` between the storage and this machine) holds what was handled then, so a daily
-    /// run need not read and hash the whole history of deliveries. `--full-refresh` reads them all.
-    fn unchanged_since_seen(&self, file: &StoredFile, clock_skew: chrono::Duration) -> bool {
-        self.seen.get(&file.name).is_some_and(|(bytes, seen_at)| {
-            let modified = (file.modified + clock_skew).timestamp_micros();
-            *bytes == file.size && modified < *seen_at
-        })
-    }
-}
-
-/// Margin for the clocks of remote landing storage and this machine disagreeing.
-const REMOTE_CLOCK_SKEW_SECONDS: i64 = 300;
-
-/// What is already handled: the ledger, plus every bronze commit a crash left unrecorded there,
-/// with ledger entries for the latter.
-async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEntry>), AssetError> {
-    let mut known = Known::default();
-    if let Some(table) = lake.load(LEDGER, At::Latest).await? {
-        for batch in table
-            .read(Some(&["file", "sha256", "bytes", "ingested_at"]))
-            .await?
-        {
-            let files = string_column(&batch, "file")?;
-            let hashes = string_column(&batch, "sha256")?;
-            let bytes = typed_column::<Int64Array>(&batch, "bytes")?;
-            let seen_at = typed_column::<TimestampMicrosecondArray>(&batch, "ingested_at")?;
-            for i in 0..batch.num_rows() {
-                known.insert(files.value(i), hashes.value(i));
-                let entry = (bytes.value(i).max(0) as u64, seen_at.value(i));
-                let newest = known
-                    .seen
-                    .entry(files.value(i).to_string())
-                    .or_insert(entry);
-                if entry.1 >= newest.1 {
-                    *newest = entry;
-                }
-            }
-        }
-    }
-    let mut recovered = Vec::new();
-    if let Some(prices) = lake.load(PRICES, At::Latest).await? {
-        for (name, sha) in unrecorded_files(&prices, &known).await? {
-            if known.insert(&name, &sha) {
-                recovered.push(LedgerEntry {
-                    file: name,
-                    bytes: 0,
-                    sha256: sha,
-                    fate: Fate::Recovered,
-                });
-            }
-        }
-    }
-    Ok((known, recovered))
-}
-
-/// Bronze commits looked at first when searching for ones the ledger misses; the whole history is
-/// read only when a crash left more than that unrecorded.
-const RECENT_COMMITS: usize = 8;
-
-/// The (file, sha256) pairs of bronze commits missing from the ledger, newest commit first.
-///
-/// Every ledger commit records all bronze commits made before it (its own run's and those it
-/// recovered), so the search walks back from the newest bronze commit and stops at the first one
-/// whose files the ledger holds: everything older was recorded with it or before. A crash can
-/// leave several commits unrecorded in a row (a run recovering an earlier one dies before its
-/// own ledger commit), which is why looking at the newest alone is not enough. Commits naming no
-/// files (maintenance, an append of rejected files only) prove nothing and are passed over.
-async fn unrecorded_files(
-    prices: &quantlens_lake::Table,
-    known: &Known,
-) -> Result<Vec<(String, String)>, AssetError> {
-    let recent = prices.history(Some(RECENT_COMMITS)).await?;
-    match missing_since_recorded(&recent, known) {
-        (missing, true) => Ok(missing),
-        (missing, false) if recent.len() < RECENT_COMMITS => Ok(missing),
-        _ => Ok(missing_since_recorded(&prices.history(None).await?, known).0),
-    }
-}
-
-/// The files of `history` (newest first) missing from the ledger, down to the first commit it
-/// records, and whether such a commit was found.
-fn missing_since_recorded(
-    history: &[quantlens_lake::Commit],
-    known: &Known,
-) -> (Vec<(String, String)>, bool) {
-    let mut missing = Vec::new();
-    for files in history.iter().map(commit_files).filter(|f| !f.is_empty()) {
-        let before = missing.len();
-        missing.extend(
-            files
-                .into_iter()
-                .filter(|(file, sha)| !known.contains(file, sha)),
-        );
-        if missing.len() == before {
-            return (missing, true);
-        }
-    }
-    (missing, false)
-}
-
-/// The landing files a bronze commit lists in its metadata.
-fn commit_files(commit: &quantlens_lake::Commit) -> Vec<(String, String)> {
-    let listed = commit
-        .quantlens
-        .as_ref()
-        .and_then(|m| m.extra.get("files"))
-        .and_then(|v| v.as_array());
-    listed
-        .into_iter()
-        .flatten()
-        .filter_map(|file| {
-            Some((
-                file["file"].as_str()?.to_string(),
-                file["sha256"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
-fn ledger_batch(
-    entries: &[LedgerEntry],
-    run_id: &str,
-    ingested_at: i64,
-) -> Result<RecordBatch, AssetError> {
-    let mut file = StringBuilder::new();
-    let mut bytes = Int64Builder::new();
-    let mut sha = StringBuilder::new();
-    let mut status = StringBuilder::new();
-    let mut reason = StringBuilder::new();
-    let mut rows = Int64Builder::new();
-    for entry in entries {
-        file.append_value(&entry.file);
-        bytes.append_value(entry.bytes as i64);
-        sha.append_value(&entry.sha256);
-        let (fate, why, count) = match &entry.fate {
-            Fate::Ingested { rows } => ("ingested", None, Some(*rows as i64)),
-            Fate::Rejected { reason } => ("rejected", Some(reason.as_str()), Some(0)),
-            Fate::Recovered => (
-                "ingested",
-                Some("recorded late: its run was interrupted after the bronze commit"),
-                None,
-            ),
-        };
-        status.append_value(fate);
-        reason.append_option(why);
-        rows.append_option(count);
-    }
-    let n = entries.len();
-    RecordBatch::try_new(
-        ledger_schema(),
-        vec![
-            Arc::new(file.finish()),
-            Arc::new(bytes.finish()),
-            Arc::new(sha.finish()),
-            Arc::new(status.finish()),
-            Arc::new(reason.finish()),
-            Arc::new(rows.finish()),
-            Arc::new(StringArray::from(vec![run_id; n])),
-            Arc::new(TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC")),
-        ],
-    )
-    .map_err(|e| AssetError::data(format!("building the ledger batch: {e}")))
-}
-
 /// Accumulates raw rows into the bronze columns.
 #[derive(Default)]
 struct BronzeBuilder {
@@ -449,91 +234,5 @@ impl BronzeBuilder {
         ));
         RecordBatch::try_new(prices_schema(), columns)
             .map_err(|e| AssetError::data(format!("building a bronze batch: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use quantlens_lake::{Commit, CommitMetadata};
-
-    fn commit(version: i64, files: &[(&str, &str)]) -> Commit {
-        let listed: Vec<_> = files
-            .iter()
-            .map(|(file, sha)| json!({"file": file, "sha256": sha}))
-            .collect();
-        let mut extra = serde_json::Map::new();
-        extra.insert("files".into(), listed.into());
-        Commit {
-            version,
-            timestamp: None,
-            operation: "WRITE".into(),
-            quantlens: Some(CommitMetadata {
-                extra,
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn vacuum(version: i64) -> Commit {
-        Commit {
-            version,
-            timestamp: None,
-            operation: "VACUUM END".into(),
-            quantlens: None,
-        }
-    }
-
-    fn ledger(pairs: &[(&str, &str)]) -> Known {
-        let mut known = Known::default();
-        for (file, sha) in pairs {
-            known.insert(file, sha);
-        }
-        known
-    }
-
-    #[test]
-    fn the_search_stops_at_the_newest_commit_the_ledger_records() {
-        let history = [
-            commit(3, &[("d.csv", "4")]),
-            commit(2, &[("c.csv", "3")]),
-            commit(1, &[("b.csv", "2")]),
-            commit(0, &[("a.csv", "1")]),
-        ];
-        let known = ledger(&[
-            ("a.csv", "1"),
-            ("b.csv", "2"),
-            ("c.csv", "3"),
-            ("d.csv", "4"),
-        ]);
-        assert_eq!(missing_since_recorded(&history, &known), (vec![], true));
-    }
-
-    #[test]
-    fn several_unrecorded_commits_in_a_row_are_all_found() {
-        // Run 1 committed c.csv and died; run 2 recovered it, committed d.csv and died too.
-        let history = [
-            vacuum(4),
-            commit(3, &[("d.csv", "4")]),
-            commit(2, &[("c.csv", "3")]),
-            commit(1, &[]),
-            commit(0, &[("a.csv", "1"), ("b.csv", "2")]),
-        ];
-        let known = ledger(&[("a.csv", "1"), ("b.csv", "2")]);
-        let (missing, found) = missing_since_recorded(&history, &known);
-        assert!(found);
-        let pair = |f: &str, s: &str| (f.to_string(), s.to_string());
-        assert_eq!(missing, [pair("d.csv", "4"), pair("c.csv", "3")]);
-    }
-
-    #[test]
-    fn a_changed_file_is_a_new_delivery_and_a_history_without_a_recorded_commit_is_all_missing() {
-        let history = [commit(1, &[("a.csv", "2")]), commit(0, &[("a.csv", "1")])];
-        let (missing, found) = missing_since_recorded(&history, &ledger(&[]));
-        assert_eq!(missing.len(), 2);
-        assert!(!found);
-        let (missing, found) = missing_since_recorded(&history, &ledger(&[("a.csv", "1")]));
-        assert_eq!(missing, [("a.csv".to_string(), "2".to_string())]);
-        assert!(found);
     }
 }

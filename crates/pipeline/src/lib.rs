@@ -11,6 +11,7 @@ mod columns;
 pub mod demo;
 pub mod gold;
 pub mod landing;
+pub mod ledger;
 mod rejects;
 pub mod rules;
 pub mod silver;

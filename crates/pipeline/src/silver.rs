@@ -5,33 +5,28 @@
 //! so a daily run can apply the same rule to only the new bronze rows and the silver rows they
 //! compete with: the months they fall in are re-derived and replaced, nothing else.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, DateRange, Materialization, Outcome, OutputSchema,
 };
-use quantlens_lake::arrow::array::{
-    Array, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
-};
+use quantlens_lake::arrow::array::{Array, Date32Array, RecordBatch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{At, CommitMetadata, Table, TableFile, WriteMode};
 
 use crate::bronze;
 use crate::columns::{string_column, typed_column, utc_timestamp};
-use crate::landing::HEADER;
-use crate::rejects::{self, RejectsBuilder};
-use crate::rules::validate;
-use quantlens_engine::dates::{day_of, month_of, month_start, months_between};
+use crate::rejects;
+use derivation::Derivation;
+use quantlens_engine::dates::months_between;
 use quantlens_engine::incremental::{self, Backfill, Changes, Piece, Previous, Progress, MONTH};
 
-pub const PRICES: &str = "silver/prices";
+mod derivation;
 
-/// Unused candidate capacity worth handing back while a rebuild turns candidates into rows.
-const SHRINK_SLACK: usize = 256 * 1024;
+pub const PRICES: &str = "silver/prices";
 
 /// Bumped whenever the rows silver derives would change; a new version rebuilds the table.
 const CODE_VERSION: &str = "2";
@@ -61,53 +56,6 @@ pub fn asset() -> Asset {
         .check(Check::blocking("unique_symbol_date", unique_symbol_date))
         .check(Check::blocking("no_null_prices", no_null_prices))
         .side_table(rejects::REJECTS)
-}
-
-/// A bronze row that passed every rule.
-#[derive(Clone, Copy)]
-struct Candidate {
-    symbol: u32,
-    date: i32,
-    open: f64,
-    high: f64,
-    low: f64,
-    close: f64,
-    volume: i64,
-    ingested_at: i64,
-    file: u32,
-    line: u32,
-    /// From bronze rows this run reads, as opposed to a silver row it competes with.
-    fresh: bool,
-}
-
-/// Interns strings to dense ids, so millions of rows carry 4-byte keys instead of strings.
-#[derive(Default)]
-struct Interner {
-    ids: HashMap<String, u32>,
-    names: Vec<String>,
-}
-
-impl Interner {
-    fn id(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.ids.get(name) {
-            return *id;
-        }
-        let id = self.names.len() as u32;
-        self.ids.insert(name.to_string(), id);
-        self.names.push(name.to_string());
-        id
-    }
-
-    /// For each id, its position in sorted name order.
-    fn ranks(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.names.len() as u32).collect();
-        order.sort_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-        let mut ranks = vec![0; order.len()];
-        for (rank, id) in order.into_iter().enumerate() {
-            ranks[id as usize] = rank as u32;
-        }
-        ranks
-    }
 }
 
 async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
@@ -349,202 +297,6 @@ async fn backfill(
         None,
         !piece.last,
     )))
-}
-
-/// Silver rows derived from candidates, with what changed and what was rejected.
-struct Derived {
-    /// One batch per month, in (date, symbol) order.
-    batches: Vec<RecordBatch>,
-    /// The (symbol, date) rows won by a bronze row of this run.
-    changes: Changes,
-    rejects: RecordBatch,
-}
-
-/// Collects compact candidates from bronze (validated) and from silver (already valid), then picks
-/// the winner of each (symbol, date).
-struct Derivation {
-    candidates: Vec<Candidate>,
-    symbols: Interner,
-    files: Interner,
-    rejects: RejectsBuilder,
-    /// Off for a backfill, which re-reads deliveries whose rejects are already recorded.
-    record_rejects: bool,
-}
-
-impl Derivation {
-    fn with_capacity(rows: usize) -> Derivation {
-        Derivation {
-            candidates: Vec::with_capacity(rows),
-            symbols: Interner::default(),
-            files: Interner::default(),
-            rejects: RejectsBuilder::new(),
-            record_rejects: true,
-        }
-    }
-
-    /// Validates bronze rows; valid rows dated on a day `keep` accepts become candidates.
-    fn add_bronze(
-        &mut self,
-        batch: &RecordBatch,
-        keep: impl Fn(i32) -> bool,
-    ) -> Result<(), AssetError> {
-        let raw: Vec<&StringArray> = HEADER
-            .iter()
-            .map(|name| string_column(batch, name))
-            .collect::<Result<_, _>>()?;
-        let field_count = typed_column::<Int32Array>(batch, "field_count")?;
-        let source_file = string_column(batch, "source_file")?;
-        let source_line = typed_column::<Int64Array>(batch, "source_line")?;
-        let ingested_at = typed_column::<TimestampMicrosecondArray>(batch, "ingested_at")?;
-        for row in 0..batch.num_rows() {
-            let fields: [Option<&str>; 7] =
-                std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
-            match validate(&fields, field_count.value(row)) {
-                Ok(valid) if !keep(day_of(valid.date)) => {}
-                Ok(valid) => self.candidates.push(Candidate {
-                    symbol: self.symbols.id(valid.symbol),
-                    date: day_of(valid.date),
-                    open: valid.prices[0],
-                    high: valid.prices[1],
-                    low: valid.prices[2],
-                    close: valid.prices[3],
-                    volume: valid.volume,
-                    ingested_at: ingested_at.value(row),
-                    file: self.files.id(source_file.value(row)),
-                    line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
-                    fresh: true,
-                }),
-                Err(_) if !self.record_rejects => {}
-                Err(broken) => self.rejects.push(
-                    &fields,
-                    source_file.value(row),
-                    source_line.value(row),
-                    ingested_at.value(row),
-                    broken,
-                ),
-            }
-        }
-        Ok(())
-    }
-
-    fn add_silver(&mut self, batch: &RecordBatch) -> Result<(), AssetError> {
-        let symbol = string_column(batch, "symbol")?;
-        let date = typed_column::<Date32Array>(batch, "date")?;
-        let price = |name| typed_column::<Float64Array>(batch, name);
-        let (open, high, low, close) = (
-            price("open")?,
-            price("high")?,
-            price("low")?,
-            price("close")?,
-        );
-        let volume = typed_column::<Int64Array>(batch, "volume")?;
-        let source_file = string_column(batch, "source_file")?;
-        let source_line = typed_column::<Int64Array>(batch, "source_line")?;
-        let ingested_at = typed_column::<TimestampMicrosecondArray>(batch, "ingested_at")?;
-        for row in 0..batch.num_rows() {
-            self.candidates.push(Candidate {
-                symbol: self.symbols.id(symbol.value(row)),
-                date: date.value(row),
-                open: open.value(row),
-                high: high.value(row),
-                low: low.value(row),
-                close: close.value(row),
-                volume: volume.value(row),
-                ingested_at: ingested_at.value(row),
-                file: self.files.id(source_file.value(row)),
-                line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
-                fresh: false,
-            });
-        }
-        Ok(())
-    }
-
-    /// The months the candidates fall in.
-    fn months(&self) -> BTreeSet<String> {
-        let days: BTreeSet<i32> = self.candidates.iter().map(|c| c.date).collect();
-        days.into_iter().map(month_of).collect()
-    }
-
-    fn finish(mut self) -> Result<Derived, AssetError> {
-        // Sort so that each (symbol, date) group starts with the winning delivery, and the table
-        // comes out in date order, so that each month is one contiguous run for the writers.
-        let symbol_rank = self.symbols.ranks();
-        let file_rank = self.files.ranks();
-        self.candidates.sort_unstable_by_key(|c: &Candidate| {
-            (
-                c.date,
-                symbol_rank[c.symbol as usize],
-                Reverse((c.ingested_at, file_rank[c.file as usize], c.line)),
-            )
-        });
-        self.candidates.dedup_by_key(|c| (c.symbol, c.date));
-        let mut changes = Changes::default();
-        for winner in self.candidates.iter().filter(|c| c.fresh) {
-            changes.add(&self.symbols.names[winner.symbol as usize], winner.date);
-        }
-        // Month by month from the end, giving back the candidates' memory as the rows take theirs,
-        // so that a rebuild holds about one copy of the table rather than two.
-        let mut batches = Vec::new();
-        while let Some(last) = self.candidates.last() {
-            let month = month_of(last.date);
-            let first_day = month_start(last.date);
-            let start = self.candidates.partition_point(|c| c.date < first_day);
-            batches.push(self.batch(&self.candidates[start..], &month)?);
-            self.candidates.truncate(start);
-            if self.candidates.capacity() - self.candidates.len() > SHRINK_SLACK {
-                self.candidates.shrink_to_fit();
-            }
-        }
-        batches.reverse();
-        Ok(Derived {
-            batches,
-            changes,
-            rejects: self.rejects.finish()?,
-        })
-    }
-
-    /// The silver rows of one month's winners.
-    fn batch(&self, winners: &[Candidate], month: &str) -> Result<RecordBatch, AssetError> {
-        let column = |f: fn(&Candidate) -> f64| {
-            Arc::new(Float64Array::from_iter_values(winners.iter().map(f)))
-        };
-        RecordBatch::try_new(
-            prices_schema(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    winners
-                        .iter()
-                        .map(|c| self.symbols.names[c.symbol as usize].as_str()),
-                )),
-                Arc::new(Date32Array::from_iter_values(
-                    winners.iter().map(|c| c.date),
-                )),
-                column(|c| c.open),
-                column(|c| c.high),
-                column(|c| c.low),
-                column(|c| c.close),
-                Arc::new(Int64Array::from_iter_values(
-                    winners.iter().map(|c| c.volume),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    winners
-                        .iter()
-                        .map(|c| self.files.names[c.file as usize].as_str()),
-                )),
-                Arc::new(Int64Array::from_iter_values(
-                    winners.iter().map(|c| c.line as i64),
-                )),
-                Arc::new(
-                    TimestampMicrosecondArray::from_iter_values(
-                        winners.iter().map(|c| c.ingested_at),
-                    )
-                    .with_timezone("UTC"),
-                ),
-                Arc::new(StringArray::from_iter_values(winners.iter().map(|_| month))),
-            ],
-        )
-        .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))
-    }
 }
 
 /// Blocking: at most one row per (symbol, date). Silver is written sorted by (date, symbol), which
