@@ -3,7 +3,8 @@ round and kills the worker at a random moment of its run; then every remaining f
 one clean run follows. Bronze must then hold each delivered row once, under one ingestion per
 file, the ledger must agree with bronze, and the rejects, silver and gold must equal those of a
 lake built with no kills from the same files. A kill can land anywhere: before the bronze commit,
-between it and the ledger's, between silver's commit and its rejects', in gold, or after the end.
+between it and the ledger's, between silver's commit and its rejects', in gold, in the shipped SQL
+assets, or after the end.
 
 The full loop (more rounds, the other commands) is the reliability suite's; this is the bounded
 slice that runs with every test run: about 30 kills."""
@@ -13,9 +14,11 @@ import random
 import signal
 import time
 
+import shutil
+
 import polars as pl
 
-from conftest import Lake
+from conftest import REPO, Lake
 from test_incremental import HEADER, assert_identical, deliver, generate
 
 SEED = 15
@@ -59,6 +62,9 @@ def rejects(lake):
 
 def test_kills_at_random_moments_ingest_every_file_exactly_once(tmp_path):
     killed_lake, clean_lake = Lake(tmp_path / "killed"), Lake(tmp_path / "clean")
+    # The shipped SQL assets run too, so kills land in them as well.
+    for lake in (killed_lake, clean_lake):
+        shutil.copytree(REPO / "assets", lake.assets, dirs_exist_ok=True)
     days = generate(killed_lake, SYMBOLS, ROUNDS * FILES_PER_ROUND + 6, SEED, "2024-01-01")
     files = [path for _, day_files in days for path in day_files]
     rounds = [files[i:i + FILES_PER_ROUND] for i in range(0, len(files), FILES_PER_ROUND)]
@@ -107,7 +113,8 @@ def test_kills_at_random_moments_ingest_every_file_exactly_once(tmp_path):
     assert_identical(rejects(killed_lake), rejects(clean_lake),
                      ["source_file", "source_line"], "rejects")
     for key, keys in [("silver/prices", ["symbol", "date"]), ("gold/returns", ["symbol", "date"]),
-                      ("gold/market_daily", ["date"])]:
+                      ("gold/market_daily", ["date"]), ("gold/high_low_52w", ["symbol", "date"]),
+                      ("gold/symbol_summary", ["symbol"])]:
         columns = [c for c in killed_lake.frame(key).columns if c != "ingested_at"]
         assert_identical(killed_lake.frame(key).select(columns),
                          clean_lake.frame(key).select(columns), keys, key)

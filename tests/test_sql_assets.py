@@ -209,6 +209,9 @@ def test_an_edit_makes_the_asset_and_its_downstream_stale_and_drift_fails(lake):
     ({"gold/a": "SELECT * FROM no_such_table\n"}, "unknown table `no_such_table`"),
     ({"gold/a": "SELECT * FROM gold_b\n", "gold/b": "SELECT * FROM gold_a\n"}, "cycle"),
     ({"silver/prices": "SELECT 1 AS x\n"}, "`silver/prices` is a built-in asset"),
+    ({"silver/prices_rejects": "SELECT 1 AS x\n"}, "`silver/prices_rejects` is a built-in asset"),
+    ({"gold/a_b": "SELECT 1 AS x\n", "gold_a/b": "SELECT 2 AS x\n"},
+     "its view name `gold_a_b` is taken by `gold/a_b`"),
     ({"gold/a": "-- quantlens:\n--   materialize: incremental_by_month\n--   time_column: date\n"
                 "SELECT * FROM silver_prices WHERE date >= $start\n"}, "$end is missing"),
     ({"gold/a": "-- quantlens:\n--   materialize: incremental_by_month\n"

@@ -204,28 +204,43 @@ fn by_month(query: &str, time_column: &str, piece: Option<&Piece>) -> String {
     )
 }
 
-/// Cuts rows sorted by month into one batch per month (the engine replaces a month per batch).
+/// Cuts rows sorted by month into one batch per month (the engine replaces a month per batch),
+/// copying one month at a time so that the output is never held twice.
 fn one_batch_per_month(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, AssetError> {
     let schema = batches[0].schema();
-    let all =
-        concat_batches(&schema, &batches).map_err(|e| AssetError::data(format!("Arrow: {e}")))?;
-    drop(batches);
-    let months = all
-        .column_by_name(MONTH)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or_else(|| AssetError::data("the output has no `month` column"))?;
-    if all.num_rows() == 0 {
-        return Ok(vec![all]);
-    }
-    let mut cut = Vec::new();
-    let mut start = 0;
-    for row in 1..=months.len() {
-        if row == months.len() || months.value(row) != months.value(start) {
-            cut.push(all.slice(start, row - start));
-            start = row;
+    let arrow_error =
+        |e: quantlens_lake::arrow::error::ArrowError| AssetError::data(format!("Arrow: {e}"));
+    let mut months = Vec::new();
+    let mut current: Option<String> = None;
+    let mut slices: Vec<RecordBatch> = Vec::new();
+    for batch in batches {
+        let month = batch
+            .column_by_name(MONTH)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| AssetError::data("the output has no `month` column"))?
+            .clone();
+        let mut start = 0;
+        for row in 0..=month.len() {
+            let boundary =
+                row == month.len() || current.as_deref().is_some_and(|m| m != month.value(row));
+            if boundary && row > start {
+                slices.push(batch.slice(start, row - start));
+                start = row;
+            }
+            if row < month.len() && current.as_deref() != Some(month.value(row)) {
+                if !slices.is_empty() {
+                    months.push(concat_batches(&schema, &slices).map_err(arrow_error)?);
+                    slices.clear();
+                }
+                current = Some(month.value(row).to_string());
+                start = row;
+            }
         }
     }
-    Ok(cut)
+    if !slices.is_empty() || months.is_empty() {
+        months.push(concat_batches(&schema, &slices).map_err(arrow_error)?);
+    }
+    Ok(months)
 }
 
 /// The schema the query produces now, without running it (`LIMIT 0`): `assets check` compares
@@ -248,4 +263,55 @@ pub fn probe_schema(
         .map_err(|e| e.to_string())?
         .get_schema();
     Ok(schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quantlens_lake::arrow::array::Int64Array;
+    use quantlens_lake::arrow::datatypes::{DataType, Field};
+
+    fn batch(rows: &[(i64, &str)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new(MONTH, DataType::Utf8, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn months_spanning_batches_come_back_one_batch_each() {
+        let cut = one_batch_per_month(vec![
+            batch(&[(1, "2024-01"), (2, "2024-01")]),
+            batch(&[]),
+            batch(&[(3, "2024-01"), (4, "2024-02")]),
+            batch(&[(5, "2024-02"), (6, "2024-03")]),
+        ])
+        .unwrap();
+        let rows: Vec<Vec<i64>> = cut
+            .iter()
+            .map(|b| {
+                let n = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                n.values().to_vec()
+            })
+            .collect();
+        assert_eq!(rows, [vec![1, 2, 3], vec![4, 5], vec![6]]);
+        let empty = one_batch_per_month(vec![batch(&[])]).unwrap();
+        assert_eq!(empty.len(), 1);
+        assert_eq!(empty[0].num_rows(), 0);
+    }
+
+    #[test]
+    fn a_range_of_months_runs_from_the_first_day_to_the_last() {
+        let range = Range::months("2024-01", "2024-02");
+        assert_eq!(range.start.to_string(), "2024-01-01");
+        assert_eq!(range.end.to_string(), "2024-02-29");
+    }
 }

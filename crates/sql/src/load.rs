@@ -91,10 +91,25 @@ pub fn load_dir(dir: &Path, builtin: &[Asset]) -> Result<Vec<Arc<SqlAsset>>, Loa
             views.insert(view_name(table), (table.clone(), key.clone()));
         }
     }
-    let builtin_keys: BTreeSet<String> = builtin.iter().map(|a| a.spec.key.to_string()).collect();
+    // A SQL asset may take neither the key nor the view name of a table that exists already.
+    let builtin_keys: BTreeSet<String> = views.values().map(|(table, _)| table.clone()).collect();
+    let mut taken = Vec::new();
     for file in &parsed {
-        views.insert(view_name(&file.key), (file.key.clone(), file.key.clone()));
+        let view = view_name(&file.key);
+        match views.get(&view) {
+            Some((table, _)) if !builtin_keys.contains(&file.key) => taken.push(FileError {
+                path: file.path.clone(),
+                line: None,
+                message: format!(
+                    "its view name `{view}` is taken by `{table}`; give the file another name"
+                ),
+            }),
+            _ => {
+                views.insert(view, (file.key.clone(), file.key.clone()));
+            }
+        }
     }
+    errors.extend(taken);
     let conn = quantlens_lake::duck::connect().map_err(|e| {
         LoadError(vec![FileError {
             path: dir.to_path_buf(),
@@ -215,7 +230,7 @@ fn resolve(
         return Err(error(
             None,
             format!(
-                "`{}` is a built-in asset; give the file another name",
+                "`{}` is a built-in asset or one of its tables; give the file another name",
                 file.key
             ),
         ));
