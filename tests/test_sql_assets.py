@@ -252,3 +252,17 @@ def test_assets_check_prepares_every_query_against_the_lake(lake):
     # symbol_summary reads gold/returns, not built yet: said so, not a crash.
     assert "ok   gold/symbol_summary: not checked: reads `gold/returns`" in out.stdout
     assert not (lake.data / "gold" / "high_low_52w").exists()
+
+
+def test_a_backfill_reaches_the_sql_assets_through_the_change_records(lake):
+    ship_examples(lake)
+    lake.demo(symbols=3, days=80, start="2024-01-01")
+    lake.run("materialize", "--run-id", "all")
+    before = lake.frame(HIGH_LOW)
+    version = lake.delta(HIGH_LOW).version()
+    lake.run("materialize", "--from", "2024-02-01", "--to", "2024-02-29", "--run-id", "backfill")
+    commits = [Commit(lake, HIGH_LOW, v) for v in range(version + 1, lake.delta(HIGH_LOW).version() + 1)]
+    assert commits and all(c.run_id == "backfill" for c in commits)
+    touched = set().union(*(c.touched_months for c in commits))
+    assert min(touched) == "2024-02", touched
+    assert_identical(lake.frame(HIGH_LOW), before, ["symbol", "date"], "backfill vs before")

@@ -107,9 +107,7 @@ pub async fn assets(locations: &Locations, as_json: bool) -> Result<i32, Failure
 
 /// `assets check`: validates the SQL assets against the lake, in dependency order.
 pub async fn check_assets(locations: &Locations) -> Result<i32, Failure> {
-    let registry = locations.registry()?;
-    let builtin = quantlens_pipeline::assets(&locations.pipeline()?);
-    let sql = locations.sql_assets(&builtin)?;
+    let (registry, sql) = locations.registry_and_sql_assets()?;
     let order: Vec<String> = registry
         .graph()
         .keys()

@@ -97,10 +97,17 @@ impl Locations {
 
     /// Every asset: the built-in pipeline plus the SQL assets, as one validated graph.
     fn registry(&self) -> anyhow::Result<Registry> {
+        Ok(self.registry_and_sql_assets()?.0)
+    }
+
+    /// The registry, and the SQL assets in it.
+    fn registry_and_sql_assets(
+        &self,
+    ) -> anyhow::Result<(Registry, Vec<Arc<quantlens_sql::SqlAsset>>)> {
         let mut assets = quantlens_pipeline::assets(&self.pipeline()?);
         let sql = self.sql_assets(&assets)?;
         assets.extend(sql.iter().map(|a| a.to_asset()));
-        Ok(Registry::new(assets)?)
+        Ok((Registry::new(assets)?, sql))
     }
 }
 

@@ -67,13 +67,15 @@ const RANGE_PARAMETERS: [&str; 2] = ["start", "end"];
 /// Loads and validates the SQL assets under `dir`. `builtin` are the assets compiled into the
 /// binary: SQL assets may read their tables (and side tables) but not take their keys.
 pub fn load_dir(dir: &Path, builtin: &[Asset]) -> Result<Vec<Arc<SqlAsset>>, LoadError> {
-    let files = sql_files(dir).map_err(|e| {
+    let about_dir = |message: String| {
         LoadError(vec![FileError {
             path: dir.to_path_buf(),
             line: None,
-            message: format!("cannot read the assets directory: {e}"),
+            message,
         }])
-    })?;
+    };
+    let files =
+        sql_files(dir).map_err(|e| about_dir(format!("cannot read the assets directory: {e}")))?;
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
     for path in files {
@@ -110,13 +112,7 @@ pub fn load_dir(dir: &Path, builtin: &[Asset]) -> Result<Vec<Arc<SqlAsset>>, Loa
         }
     }
     errors.extend(taken);
-    let conn = quantlens_lake::duck::connect().map_err(|e| {
-        LoadError(vec![FileError {
-            path: dir.to_path_buf(),
-            line: None,
-            message: format!("DuckDB: {e}"),
-        }])
-    })?;
+    let conn = quantlens_lake::duck::connect().map_err(|e| about_dir(format!("DuckDB: {e}")))?;
     let mut assets = Vec::new();
     for file in parsed {
         match resolve(&conn, file, &views, &builtin_keys) {
