@@ -612,7 +612,12 @@ def test_real_worker_end_to_end(daemons, tmp_path, real_worker):
     subprocess.run([str(real_worker), "demo", "--symbols", "5", "--days", "30"],
                    env=base_env(DATA_ROOT=data, STATE_DIR=tmp_path / "state"), check=True,
                    capture_output=True, timeout=300)
-    d = daemons(worker=real_worker, env=base_env(DATA_ROOT=data))
+    repo_assets = Path(__file__).resolve().parent.parent / "assets"
+    d = daemons(worker=real_worker, token="catalog-token",
+                env=base_env(DATA_ROOT=data, ASSETS_DIR=repo_assets,
+                             QUANTLENS_TRIGGER_TOKEN="catalog-token"))
+    missing = d.get("/assets")
+    assert missing.status == 404 and "no catalog yet" in missing.json["error"], missing
     r = d.post(body={"select": "*"})
     assert r.status == 202, r
     run_id = r.json["run_id"]
@@ -628,6 +633,18 @@ def test_real_worker_end_to_end(daemons, tmp_path, real_worker):
     assert "quantlens-trigger: worker exited with code 0" in log
     health = d.get("/health")
     assert health.status == 200 and health.json["last_success"]["run_id"] == run_id
+
+    # The catalog the worker left behind, served as GET /assets: every table, SQL assets too.
+    catalog = d.get("/assets")
+    assert catalog.status == 200 and catalog.json["run_id"] == run_id, catalog
+    tables = {e["table"]: e for e in catalog.json["assets"]}
+    assert tables["gold/high_low_52w"]["kind"] == "sql" and tables["gold/returns"]["kind"] == "rust"
+    assert tables["silver/prices"]["state"] == "fresh" and tables["silver/prices"]["rows"] > 0
+    assert tables["gold/high_low_52w"]["last_run"]["run_id"] == run_id
+    assert {c["name"] for c in tables["silver/prices"]["last_run"]["checks"]} == {
+        "unique_symbol_date", "no_null_prices"}
+    assert ["silver/prices", "gold/high_low_52w"] in catalog.json["edges"]
+    assert d.get("/assets", auth=False).status == 401
 
     # An independent reader sees the table the HTTP-triggered run wrote.
     from deltalake import DeltaTable

@@ -2,7 +2,6 @@
 //! takes the run lock; they read committed Delta versions and run records, which are always whole.
 
 use anyhow::{anyhow, Context as _};
-use quantlens_engine::{asset_freshness, Freshness};
 use quantlens_graph::AssetKey;
 use quantlens_lake::duck::{create_views, snapshot_query};
 use quantlens_lake::At;
@@ -14,56 +13,7 @@ use crate::{Failure, LineageFormat, Locations};
 
 pub async fn assets(locations: &Locations, as_json: bool) -> Result<i32, Failure> {
     let registry = locations.registry()?;
-    let lake = locations.lake()?;
-    let mut entries = Vec::new();
-    // Assets come in dependency order, so an upstream's state is known before its dependents'.
-    let mut stale = std::collections::BTreeSet::new();
-    for asset in registry.assets() {
-        let tables = std::iter::once((asset.spec.key.to_string(), true))
-            .chain(asset.side_tables.iter().map(|t| (t.clone(), false)));
-        for (key, is_asset) in tables {
-            let table = lake.load(&key, At::Latest).await?;
-            let state = if is_asset {
-                let stale_upstream: Vec<String> = asset
-                    .spec
-                    .deps
-                    .iter()
-                    .filter(|d| stale.contains(d.as_str()))
-                    .map(|d| format!("upstream {d} is stale"))
-                    .collect();
-                let freshness = match asset_freshness(asset, &lake).await {
-                    Ok(Freshness::Stale(mut reasons)) => {
-                        reasons.extend(stale_upstream);
-                        Freshness::Stale(reasons)
-                    }
-                    Ok(Freshness::Fresh) if !stale_upstream.is_empty() => {
-                        Freshness::Stale(stale_upstream)
-                    }
-                    Ok(fresh) => fresh,
-                    Err(e) => Freshness::Stale(vec![e.message]),
-                };
-                // Bronze reads landing files and is always "stale"; that alone says nothing
-                // about its dependents.
-                if !freshness.is_fresh() && !asset.spec.deps.is_empty() {
-                    stale.insert(key.clone());
-                }
-                freshness.describe()
-            } else {
-                format!("written with {}", asset.spec.key)
-            };
-            entries.push(json!({
-                "table": key,
-                "layer": key.split('/').next().unwrap_or_default(),
-                "kind": if asset.defined_in.is_some() { "sql" } else { "rust" },
-                "defined_in": asset.defined_in,
-                "description": asset.spec.description,
-                "last_materialized": table.as_ref().and_then(|t| t.version_timestamp()).map(|t| t.to_rfc3339()),
-                "version": table.as_ref().map(|t| t.version()),
-                "rows": table.as_ref().map(|t| t.row_count()).transpose()?,
-                "state": state,
-            }));
-        }
-    }
+    let entries = crate::catalog::entries(&registry, &locations.lake()?).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(0);

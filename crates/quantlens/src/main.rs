@@ -4,6 +4,7 @@
 //! 2 usage or configuration error, 75 another run holds the lock.
 
 mod backup;
+mod catalog;
 mod inspect;
 mod maintain;
 mod materialize;

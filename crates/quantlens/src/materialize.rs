@@ -121,6 +121,13 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         .map_err(|e| fail(exit::FAILED, e.into()))?;
 
     print_summary(&record);
+    // What the daemon shows of every asset; a run whose catalog cannot be written still counts.
+    if let Err(err) = crate::catalog::write_snapshot(&registry, &lake, &state, &record).await {
+        eprintln!(
+            "warning: writing {}: {err:#}",
+            state.catalog_path().display()
+        );
+    }
     if let Err(err) = state.prune(args.keep_runs.max(1), Some(&run_id)) {
         eprintln!("warning: pruning old runs: {err:#}");
     }

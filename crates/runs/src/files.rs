@@ -23,6 +23,33 @@ const LOG_FILE: &str = "worker.log";
 const TAIL_CHUNK: u64 = 16 * 1024;
 
 /// The three files of one run.
+/// Replaces `path` (a file in `dir`) with `bytes`: written to `tmp` beside it and fsynced, renamed
+/// over it, then the directory fsynced, so after a power cut the file is the old one or the new
+/// one, never a mix.
+pub(crate) fn replace_file(
+    dir: &Path,
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), RunsError> {
+    let written = (|| {
+        let mut file = File::create(tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(tmp);
+        return Err(RunsError::io(tmp, e));
+    }
+    if let Err(e) = fs::rename(tmp, path) {
+        let _ = fs::remove_file(tmp);
+        return Err(RunsError::io(path, e));
+    }
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| RunsError::io(dir, e))
+}
+
 #[derive(Clone, Debug)]
 pub struct RunFiles {
     id: RunId,
@@ -65,24 +92,12 @@ impl RunFiles {
             .map_err(|e| RunsError::io(self.record_path(), e.into()))?;
         json.push(b'\n');
 
-        let tmp = self.dir.join(RECORD_TMP_FILE);
-        let written = (|| {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&json)?;
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(RunsError::io(tmp, e));
-        }
-        let path = self.record_path();
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(RunsError::io(path, e));
-        }
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| RunsError::io(&self.dir, e))
+        replace_file(
+            &self.dir,
+            &self.dir.join(RECORD_TMP_FILE),
+            &self.record_path(),
+            &json,
+        )
     }
 
     /// Reads `run.json` as it is on disk, without the crash detection that

@@ -37,7 +37,10 @@ const DIED: &str = "worker died without finishing";
 /// the error reading it.
 pub type ScannedRun = (RunId, Result<RunRecord, RunsError>);
 
-/// A `STATE_DIR`: the lock file and one directory per run.
+const CATALOG_FILE: &str = "catalog.json";
+const CATALOG_TMP_FILE: &str = "catalog.json.tmp";
+
+/// A `STATE_DIR`: the lock file, the catalog snapshot and one directory per run.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
@@ -57,6 +60,32 @@ impl StateDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `catalog.json`: what the last run saw of every asset (see [`StateDir::write_catalog`]).
+    pub fn catalog_path(&self) -> PathBuf {
+        self.root.join(CATALOG_FILE)
+    }
+
+    /// Replaces the catalog snapshot, which the worker writes at the end of each run so that
+    /// the daemon can serve the state of every asset without reading the lake (`GET /assets`).
+    pub fn write_catalog(&self, catalog: &serde_json::Value) -> Result<(), RunsError> {
+        let path = self.catalog_path();
+        let mut json =
+            serde_json::to_vec_pretty(catalog).map_err(|e| RunsError::io(&path, e.into()))?;
+        json.push(b'\n');
+        let tmp = self.root.join(CATALOG_TMP_FILE);
+        crate::files::replace_file(&self.root, &tmp, &path, &json)
+    }
+
+    /// The catalog snapshot as the last run wrote it, or `None` before any run wrote one.
+    pub fn read_catalog(&self) -> Result<Option<Vec<u8>>, RunsError> {
+        let path = self.catalog_path();
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RunsError::io(path, e)),
+        }
     }
 
     pub fn lock_path(&self) -> PathBuf {

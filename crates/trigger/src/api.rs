@@ -80,6 +80,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/log", get(get_log))
+        .route("/assets", get(get_assets))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&app),
             auth::require_token,
@@ -319,6 +320,25 @@ async fn get_log(
     ))
 }
 
+/// `GET /assets`: the catalog snapshot the worker wrote at the end of the last run (every asset
+/// with its table, freshness, kind and last checks, and the lineage edges), served as written.
+async fn get_assets(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let catalog = app
+        .runner
+        .state()
+        .read_catalog()
+        .map_err(ApiError::from_runs)?
+        .ok_or_else(|| {
+            ApiError::not_found("no catalog yet: the first run writes it when it finishes")
+        })?;
+    Ok((
+        StatusCode::OK,
+        [(CONTENT_TYPE, "application/json")],
+        catalog,
+    )
+        .into_response())
+}
+
 /// `GET /health`: 200 while the last success is fresh, 503 otherwise (see `health`).
 async fn health(State(app): State<Arc<App>>) -> Response {
     let (status, report) = app.health.check(&app.runner);
@@ -327,7 +347,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn unknown_path() -> ApiError {
     ApiError::not_found(
-        "no such endpoint; see POST /trigger, GET /runs, GET /runs/{id}, GET /runs/{id}/log, GET /health",
+        "no such endpoint; see POST /trigger, GET /runs, GET /runs/{id}, GET /runs/{id}/log, GET /assets, GET /health",
     )
 }
 
