@@ -266,3 +266,16 @@ def test_a_backfill_reaches_the_sql_assets_through_the_change_records(lake):
     touched = set().union(*(c.touched_months for c in commits))
     assert min(touched) == "2024-02", touched
     assert_identical(lake.frame(HIGH_LOW), before, ["symbol", "date"], "backfill vs before")
+
+
+def test_a_broken_sql_file_never_stops_a_backup_or_maintenance(lake, tmp_path):
+    write_asset(lake, "gold/volume", "SELECT symbol, date, volume FROM silver_prices")
+    lake.demo(symbols=3, days=20)
+    lake.run("materialize")
+    (lake.assets / "gold" / "broken.sql").write_text("SELECT * FROMM silver_prices\n")
+    assert "broken.sql" in lake.run("materialize", expect=2).stderr
+    out = lake.run("backup", "--to", str(tmp_path / "backups"), "--json")
+    assert "broken.sql" in out.stderr and "every table found by name" in out.stderr
+    # The six built-in tables and the SQL asset's: the broken file has no table to copy.
+    assert json.loads(out.stdout)["tables"] == 7, out.stdout
+    lake.run("maintain")

@@ -66,7 +66,7 @@ pub async fn run(locations: &Locations, args: BackupArgs) -> Result<i32, Failure
     match args.action {
         None => {
             let lake = locations.lake()?;
-            let tables = locations.registry()?.tables();
+            let tables = locations.tables()?;
             let report = backup::backup(&lake, &tables, &store, args.keep)
                 .await
                 .map_err(|e| fail(exit::FAILED, e.into()))?;

@@ -79,21 +79,47 @@ impl Locations {
         })
     }
 
-    /// The SQL assets of ASSETS_DIR, validated against the built-in assets. A folder named
-    /// explicitly must exist; the default one may not.
+    /// ASSETS_DIR, if there is one. A folder named explicitly must exist; the default one may not.
+    fn assets_dir(&self) -> anyhow::Result<Option<PathBuf>> {
+        Ok(match &self.assets_dir {
+            Some(dir) if !dir.is_dir() => {
+                anyhow::bail!("ASSETS_DIR {} is not a directory", dir.display())
+            }
+            Some(dir) => Some(dir.clone()),
+            None if Path::new(DEFAULT_ASSETS_DIR).is_dir() => {
+                Some(PathBuf::from(DEFAULT_ASSETS_DIR))
+            }
+            None => None,
+        })
+    }
+
+    /// The SQL assets of ASSETS_DIR, validated against the built-in assets.
     fn sql_assets(
         &self,
         builtin: &[quantlens_engine::Asset],
     ) -> anyhow::Result<Vec<Arc<quantlens_sql::SqlAsset>>> {
-        let dir = match &self.assets_dir {
-            Some(dir) if !dir.is_dir() => {
-                anyhow::bail!("ASSETS_DIR {} is not a directory", dir.display())
+        match self.assets_dir()? {
+            Some(dir) => Ok(quantlens_sql::load_dir(&dir, builtin)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every table, for the commands that keep the lake safe (`backup`, `maintain`): those of
+    /// the validated graph, or while a SQL file is broken, the built-in tables plus the key of
+    /// every SQL file, so that one bad file never stops a backup.
+    fn tables(&self) -> anyhow::Result<Vec<String>> {
+        match self.registry() {
+            Ok(registry) => Ok(registry.tables()),
+            Err(err) => {
+                eprintln!("warning: {err:#}\nwarning: going on with every table found by name");
+                let builtin = quantlens_pipeline::registry(&self.pipeline()?);
+                let mut tables = builtin.tables();
+                if let Some(dir) = self.assets_dir()? {
+                    tables.extend(quantlens_sql::keys_in(&dir)?);
+                }
+                Ok(tables)
             }
-            Some(dir) => dir.clone(),
-            None if Path::new(DEFAULT_ASSETS_DIR).is_dir() => PathBuf::from(DEFAULT_ASSETS_DIR),
-            None => return Ok(Vec::new()),
-        };
-        Ok(quantlens_sql::load_dir(&dir, builtin)?)
+        }
     }
 
     /// Every asset: the built-in pipeline plus the SQL assets, as one validated graph.

@@ -24,7 +24,7 @@ pub struct MaintainArgs {
 
 pub async fn run(locations: &Locations, args: MaintainArgs) -> Result<i32, Failure> {
     let lake = locations.lake()?;
-    let tables = locations.registry()?.tables();
+    let tables = locations.tables()?;
     let holder = RunId::parse(&format!(
         "maintain-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ")

@@ -9,6 +9,8 @@ use quantlens_engine::Check;
 use quantlens_lake::arrow::array::RecordBatch;
 use serde::Deserialize;
 
+use crate::builtin::{Builtin, Value};
+
 /// One entry of the header's `checks:` list: exactly one kind, plus options.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,14 +71,33 @@ impl Literal {
             Literal::Text(t) => format!("'{}'", t.replace('\'', "''")),
         }
     }
+
+    /// The value as the built-in checks compare it: numbers as numbers, the rest as text.
+    fn value(&self) -> Value {
+        match self {
+            Literal::Number(n) => Value::Number(*n),
+            Literal::Bool(b) => Value::Text(b.to_string()),
+            Literal::Text(t) => Value::Text(t.clone()),
+        }
+    }
+
+    /// The value as a column's text shows it (`accepted_values` compares text).
+    fn text(&self) -> String {
+        match self {
+            Literal::Text(t) => t.clone(),
+            other => other.sql(),
+        }
+    }
 }
 
-/// A check compiled to its failing-rows query over `this`.
+/// A check compiled to its failing-rows query over `this`; a built-in kind is also evaluated
+/// directly over the output's columns (see [`crate::builtin`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SqlCheck {
     pub name: String,
     pub blocking: bool,
     pub failing_rows: String,
+    builtin: Option<Builtin>,
 }
 
 /// A SQL identifier, quoted.
@@ -180,6 +201,33 @@ impl CheckSpec {
             name: self.name.clone().unwrap_or(default_name),
             blocking: self.blocking,
             failing_rows,
+            builtin: self.builtin(),
+        })
+    }
+
+    fn builtin(&self) -> Option<Builtin> {
+        if let Some(columns) = &self.not_null {
+            return Some(Builtin::NotNull(columns.clone()));
+        }
+        if let Some(columns) = &self.unique {
+            return Some(Builtin::Unique(columns.clone()));
+        }
+        if let Some(range) = &self.accepted_range {
+            return Some(Builtin::Range {
+                column: range.column.clone(),
+                min: range.min.as_ref().map(Literal::value),
+                max: range.max.as_ref().map(Literal::value),
+            });
+        }
+        if let Some(values) = &self.accepted_values {
+            return Some(Builtin::Values {
+                column: values.column.clone(),
+                values: values.values.iter().map(Literal::text).collect(),
+            });
+        }
+        self.row_count.as_ref().map(|count| Builtin::RowCount {
+            min: count.min,
+            max: count.max,
         })
     }
 }
@@ -200,9 +248,13 @@ impl SqlCheck {
     }
 
     fn run(&self, batches: &[RecordBatch]) -> Result<String, String> {
-        let conn = this_table(batches).map_err(|e| format!("DuckDB: {e}"))?;
-        let (failing, sample) =
-            failing_rows(&conn, &self.failing_rows).map_err(|e| format!("DuckDB: {e}"))?;
+        let (failing, sample) = match &self.builtin {
+            Some(builtin) => builtin.evaluate(batches)?,
+            None => {
+                let conn = this_table(batches).map_err(|e| format!("DuckDB: {e}"))?;
+                failing_rows(&conn, &self.failing_rows).map_err(|e| format!("DuckDB: {e}"))?
+            }
+        };
         if failing == 0 {
             return Ok("no failing rows".into());
         }
@@ -291,8 +343,28 @@ mod tests {
         ]
     }
 
+    /// Runs the check both ways, in Rust and as its failing-rows query in DuckDB: they agree.
     fn run(yaml: &str) -> Result<String, String> {
-        spec(yaml).compile().unwrap().run(&output())
+        let mut check = spec(yaml).compile().unwrap();
+        let direct = check.run(&output());
+        check.builtin = None;
+        let in_duckdb = check.run(&output());
+        assert_eq!(
+            direct.is_ok(),
+            in_duckdb.is_ok(),
+            "{yaml}: {direct:?} vs {in_duckdb:?}"
+        );
+        let count = |r: &Result<String, String>| {
+            r.as_ref()
+                .err()
+                .map(|e| e.split(' ').next().unwrap_or_default().to_string())
+        };
+        assert_eq!(
+            count(&direct),
+            count(&in_duckdb),
+            "{yaml}: {direct:?} vs {in_duckdb:?}"
+        );
+        direct
     }
 
     #[test]

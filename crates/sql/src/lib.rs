@@ -6,6 +6,7 @@
 //! asset ([`SqlAsset::to_asset`]): same checks before the commit, schema lock, lineage,
 //! staleness, and the engine's incremental months ([`compute`]). See docs/authoring.md.
 
+mod builtin;
 mod checks;
 mod compute;
 mod header;
@@ -14,5 +15,5 @@ mod parse;
 mod validate;
 
 pub use header::{Header, Materialize};
-pub use load::{load_dir, FileError, LoadError, SqlAsset};
+pub use load::{keys_in, load_dir, FileError, LoadError, SqlAsset};
 pub use validate::{check_against_lake, Verdict};

@@ -126,6 +126,16 @@ pub fn load_dir(dir: &Path, builtin: &[Asset]) -> Result<Vec<Arc<SqlAsset>>, Loa
     Ok(assets.into_iter().map(Arc::new).collect())
 }
 
+/// The table keys the SQL files under `dir` give, valid files or not: what `backup` and
+/// `maintain` must still cover while one file is broken.
+pub fn keys_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    Ok(sql_files(dir)?
+        .iter()
+        .map(|path| key_of(dir, path))
+        .filter(|key| AssetKey::new(key.as_str()).is_ok())
+        .collect())
+}
+
 /// The `*.sql` files below `dir`, sorted; hidden files and folders are skipped.
 fn sql_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
