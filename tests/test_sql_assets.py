@@ -82,6 +82,14 @@ def test_the_shipped_sql_assets_built_day_by_day_equal_a_full_refresh(lake):
     last = silver.sort("date").group_by("symbol").last()
     assert dict(summary.select("symbol", "last_close").rows()) == dict(
         last.select("symbol", "close").rows())
+    # 1-month return: against the close 21 trading days before the last; 60 days hold no year.
+    closes = lake.frame("gold/returns").sort("date").group_by("symbol").agg(
+        pl.col("close").last().alias("last"), pl.col("close").tail(22).first().alias("month_ago"))
+    expected = {s: last / ago - 1 for s, last, ago in closes.select("symbol", "last", "month_ago").rows()}
+    got = dict(summary.select("symbol", "return_1m").rows())
+    assert got.keys() == expected.keys()
+    assert all(abs(got[s] - expected[s]) < 1e-12 for s in got), (got, expected)
+    assert summary["return_1y"].is_null().all()
 
     lake.run("materialize", "--full-refresh", "--run-id", "refresh")
     for key, keys in ((HIGH_LOW, ["symbol", "date"]), (SUMMARY, ["symbol"])):

@@ -9,22 +9,23 @@
 --       sql: SELECT * FROM this WHERE abs(return_1m) > 5 OR abs(return_1y) > 50
 --       blocking: false
 --
--- A month is 21 trading days back, a year 252. Only the last 400 days are read: a symbol with
--- no trade in that time is no longer listed here.
+-- A month is 21 trading days back, a year 252: one pass keeps each symbol's last 253 closes,
+-- newest first (a list index past its end is NULL). Only the last 400 days are read: a symbol
+-- with no trade in that time is no longer listed here.
 WITH recent AS (
-    SELECT symbol, date, close, vol_20,
-           row_number() OVER (PARTITION BY symbol ORDER BY date DESC) AS days_back
+    SELECT symbol,
+           max(date) AS as_of,
+           max_by(close, date, 253) AS closes,
+           arg_max(vol_20, date) AS vol_20
     FROM gold_returns
     WHERE date >= (SELECT max(date) FROM gold_returns) - INTERVAL 400 DAY
+    GROUP BY symbol
 )
-SELECT latest.symbol,
-       latest.date AS as_of,
-       latest.close AS last_close,
-       latest.close / month_ago.close - 1 AS return_1m,
-       latest.close / year_ago.close - 1 AS return_1y,
-       latest.vol_20
-FROM recent AS latest
-LEFT JOIN recent AS month_ago ON month_ago.symbol = latest.symbol AND month_ago.days_back = 22
-LEFT JOIN recent AS year_ago ON year_ago.symbol = latest.symbol AND year_ago.days_back = 253
-WHERE latest.days_back = 1
-ORDER BY latest.symbol
+SELECT symbol,
+       as_of,
+       closes[1] AS last_close,
+       closes[1] / closes[22] - 1 AS return_1m,
+       closes[1] / closes[253] - 1 AS return_1y,
+       vol_20
+FROM recent
+ORDER BY symbol

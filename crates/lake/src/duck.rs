@@ -4,17 +4,30 @@
 //! but in their `column=value` directory names, which DuckDB's hive partitioning reads back.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use crate::{At, Lake, LakeError};
 
-/// An in-memory DuckDB that never reaches for the network: extensions are either built in
-/// (parquet) or unavailable, and an attempt to download one would only stall a run.
+/// The process's in-memory DuckDB database. Opening one costs about 20 ms, more than most
+/// queries of a daily run, so the process opens it once and every caller gets a connection of
+/// its own. Views and tables made per use are `TEMP`, private to the connection that made them,
+/// so that callers (and tests running side by side) never see each other's.
+static DATABASE: Mutex<Option<duckdb::Connection>> = Mutex::new(None);
+
+/// A connection to the process's DuckDB database, which never reaches for the network:
+/// extensions are either built in (parquet, json) or unavailable, and an attempt to download one
+/// would only stall a run. The `arrow` table function reads Arrow batches bound as parameters.
 pub fn connect() -> duckdb::Result<duckdb::Connection> {
-    let conn = duckdb::Connection::open_in_memory()?;
-    conn.execute_batch(
-        "SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;",
-    )?;
-    Ok(conn)
+    let mut database = DATABASE.lock().unwrap_or_else(|e| e.into_inner());
+    if database.is_none() {
+        let conn = duckdb::Connection::open_in_memory()?;
+        conn.execute_batch(
+            "SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;",
+        )?;
+        conn.register_table_function::<duckdb::vtab::arrow::ArrowVTab>("arrow")?;
+        *database = Some(conn);
+    }
+    database.as_ref().expect("opened above").try_clone()
 }
 
 /// A SQL list literal of file paths for `read_parquet`.
@@ -91,7 +104,7 @@ pub async fn create_views(
     Ok(created)
 }
 
-/// Creates (or replaces) the view `view` over the table `key` as it was at `at`; `false` when
+/// Creates (or replaces) the temporary view `view` over the table `key` as it was at `at`; `false` when
 /// the table does not exist.
 pub async fn create_view(
     conn: &duckdb::Connection,
@@ -103,7 +116,9 @@ pub async fn create_view(
     let Some(query) = snapshot_query(lake, key, at).await? else {
         return Ok(false);
     };
-    conn.execute_batch(&format!("CREATE OR REPLACE VIEW \"{view}\" AS {query}"))
-        .map_err(|e| LakeError::Bridge(format!("DuckDB view `{view}`: {e}")))?;
+    conn.execute_batch(&format!(
+        "CREATE OR REPLACE TEMP VIEW \"{view}\" AS {query}"
+    ))
+    .map_err(|e| LakeError::Bridge(format!("DuckDB view `{view}`: {e}")))?;
     Ok(true)
 }

@@ -5,49 +5,49 @@
 
 use std::collections::BTreeSet;
 
-use quantlens_engine::{asset_freshness, Freshness, Registry};
-use quantlens_lake::{At, Lake};
+use quantlens_engine::{asset_freshness, Asset, Freshness, Registry};
+use quantlens_lake::{At, Lake, Table};
 use quantlens_runs::{RunRecord, StateDir};
 use serde_json::{json, Value};
 
 /// One entry per table (assets first, each followed by its side tables), in dependency order.
 pub async fn entries(registry: &Registry, lake: &Lake) -> anyhow::Result<Vec<Value>> {
+    // Every table and verdict is read at once (each a few small reads of its log), then the
+    // entries are put together in dependency order, so an upstream's state is known before its
+    // dependents'.
+    let facts =
+        futures::future::try_join_all(registry.assets().map(|asset| facts(asset, lake))).await?;
     let mut entries = Vec::new();
-    // Assets come in dependency order, so an upstream's state is known before its dependents'.
     let mut stale = BTreeSet::new();
-    for asset in registry.assets() {
-        let tables = std::iter::once((asset.spec.key.to_string(), true))
-            .chain(asset.side_tables.iter().map(|t| (t.clone(), false)));
-        for (key, is_asset) in tables {
-            let table = lake.load(&key, At::Latest).await?;
-            let state = if is_asset {
-                let stale_upstream: Vec<String> = asset
-                    .spec
-                    .deps
-                    .iter()
-                    .filter(|d| stale.contains(d.as_str()))
-                    .map(|d| format!("upstream {d} is stale"))
-                    .collect();
-                let freshness = match asset_freshness(asset, lake).await {
-                    Ok(Freshness::Stale(mut reasons)) => {
-                        reasons.extend(stale_upstream);
-                        Freshness::Stale(reasons)
-                    }
-                    Ok(Freshness::Fresh) if !stale_upstream.is_empty() => {
-                        Freshness::Stale(stale_upstream)
-                    }
-                    Ok(fresh) => fresh,
-                    Err(e) => Freshness::Stale(vec![e.message]),
-                };
-                // Bronze reads landing files and is always "stale"; that alone says nothing
-                // about its dependents.
-                if !freshness.is_fresh() && !asset.spec.deps.is_empty() {
-                    stale.insert(key.clone());
-                }
-                freshness.describe()
-            } else {
-                format!("written with {}", asset.spec.key)
-            };
+    for (asset, facts) in registry.assets().zip(facts) {
+        let stale_upstream: Vec<String> = asset
+            .spec
+            .deps
+            .iter()
+            .filter(|d| stale.contains(d.as_str()))
+            .map(|d| format!("upstream {d} is stale"))
+            .collect();
+        let freshness = match facts.freshness {
+            Freshness::Stale(mut reasons) => {
+                reasons.extend(stale_upstream);
+                Freshness::Stale(reasons)
+            }
+            Freshness::Fresh if !stale_upstream.is_empty() => Freshness::Stale(stale_upstream),
+            fresh => fresh,
+        };
+        // Bronze reads landing files and is always "stale"; that alone says nothing about its
+        // dependents.
+        if !freshness.is_fresh() && !asset.spec.deps.is_empty() {
+            stale.insert(asset.spec.key.to_string());
+        }
+        let tables = std::iter::once((asset.spec.key.to_string(), freshness.describe())).chain(
+            asset
+                .side_tables
+                .iter()
+                .map(|t| (t.clone(), format!("written with {}", asset.spec.key))),
+        );
+        for ((key, state), table) in tables.zip(facts.tables) {
+            let is_asset = key == asset.spec.key.as_str();
             entries.push(json!({
                 "table": key,
                 "layer": key.split('/').next().unwrap_or_default(),
@@ -56,6 +56,7 @@ pub async fn entries(registry: &Registry, lake: &Lake) -> anyhow::Result<Vec<Val
                 "description": if is_asset { asset.spec.description.as_str() } else { "" },
                 "group": asset.spec.group,
                 "deps": if is_asset { json!(asset.spec.deps) } else { json!([]) },
+                "side_table_of": if is_asset { Value::Null } else { json!(asset.spec.key) },
                 "code_version": asset.spec.code_version,
                 "last_materialized": table.as_ref().and_then(|t| t.version_timestamp()).map(|t| t.to_rfc3339()),
                 "version": table.as_ref().map(|t| t.version()),
@@ -67,25 +68,56 @@ pub async fn entries(registry: &Registry, lake: &Lake) -> anyhow::Result<Vec<Val
     Ok(entries)
 }
 
-/// Writes `catalog.json` after `record`'s run: every table's entry with the last run that
-/// materialised it (this one, or the one the previous snapshot named), and the lineage edges.
+/// What the lake says of one asset on its own: its tables (the asset's, then its side tables')
+/// and whether it is fresh with respect to its direct upstream.
+struct Facts {
+    tables: Vec<Option<Table>>,
+    freshness: Freshness,
+}
+
+async fn facts(asset: &Asset, lake: &Lake) -> anyhow::Result<Facts> {
+    let mut tables = vec![lake.load(asset.spec.key.as_str(), At::Latest).await?];
+    for side in &asset.side_tables {
+        tables.push(lake.load(side, At::Latest).await?);
+    }
+    let freshness = asset_freshness(asset, lake)
+        .await
+        .unwrap_or_else(|e| Freshness::Stale(vec![e.message]));
+    Ok(Facts { tables, freshness })
+}
+
+/// Writes `catalog.json` after `record`'s run (see [`build`]) and returns it.
 pub async fn write_snapshot(
     registry: &Registry,
     lake: &Lake,
     state: &StateDir,
     record: &RunRecord,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Value> {
+    let catalog = build(registry, lake, state, Some(record)).await?;
+    state.write_catalog(&catalog)?;
+    Ok(catalog)
+}
+
+/// The catalog: every table's entry with the last run that materialised it (`record`, or the
+/// one the previous snapshot named), and the lineage edges.
+pub async fn build(
+    registry: &Registry,
+    lake: &Lake,
+    state: &StateDir,
+    record: Option<&RunRecord>,
+) -> anyhow::Result<Value> {
     let previous: Option<Value> = state
         .read_catalog()?
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let mut tables = entries(registry, lake).await?;
     for entry in &mut tables {
         let key = entry["table"].as_str().unwrap_or_default().to_string();
-        let this_run = record.assets.iter().find(|a| a.key == key).map(|a| {
-            json!({
+        let this_run = record.and_then(|record| {
+            let a = record.assets.iter().find(|a| a.key == key)?;
+            Some(json!({
                 "run_id": record.run_id, "status": a.status, "finished_at": a.finished_at,
                 "checks": a.checks, "error": a.error,
-            })
+            }))
         });
         let earlier = previous.as_ref().and_then(|p| {
             p["assets"]
@@ -102,11 +134,13 @@ pub async fn write_snapshot(
         .into_iter()
         .map(|(from, to)| json!([from, to]))
         .collect();
-    state.write_catalog(&json!({
+    Ok(json!({
         "generated_at": chrono::Utc::now().to_rfc3339(),
-        "run_id": record.run_id,
+        "run_id": match record {
+            Some(record) => json!(record.run_id),
+            None => previous.as_ref().map_or(Value::Null, |p| p["run_id"].clone()),
+        },
         "assets": tables,
         "edges": edges,
-    }))?;
-    Ok(())
+    }))
 }

@@ -9,6 +9,7 @@ mod inspect;
 mod maintain;
 mod materialize;
 mod output;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -199,6 +200,9 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore the tables of a backup into an empty DATA_ROOT (or `--force` over existing ones).
     Restore(backup::RestoreArgs),
+    /// Write the status page as one self-contained HTML file: the trigger daemon's page with the
+    /// catalog, health and recent runs inlined, readable from file:// with no server.
+    Report(report::ReportArgs),
     /// Compact small files, write checkpoints and vacuum old files, for every table.
     Maintain(maintain::MaintainArgs),
 }
@@ -349,6 +353,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Backup(args) => backup::run(&locations, args).await,
         Command::Restore(args) => backup::restore(&locations, args).await,
         Command::Maintain(args) => maintain::run(&locations, args).await,
+        Command::Report(args) => report::run(&locations, args).await,
     }
 }
 

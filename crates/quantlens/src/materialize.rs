@@ -42,6 +42,11 @@ pub struct MaterializeArgs {
     /// Who started the run, recorded in run.json (cli, http, timer, ...).
     #[arg(long, env = "QUANTLENS_TRIGGER", default_value = "cli")]
     trigger: String,
+    /// At the end of the run, also write the status report (see `quantlens report`) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    report_options: crate::report::ReportOptions,
     /// Run records to keep in STATE_DIR; older ones are deleted.
     #[arg(long, env = "QUANTLENS_KEEP_RUNS", default_value_t = DEFAULT_RETENTION)]
     keep_runs: usize,
@@ -121,8 +126,10 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         .map_err(|e| fail(exit::FAILED, e.into()))?;
 
     print_summary(&record);
-    // What the daemon shows of every asset; a run whose catalog cannot be written still counts.
-    if let Err(err) = crate::catalog::write_snapshot(&registry, &lake, &state, &record).await {
+    // What the daemon shows of every asset; a run whose catalog or report cannot be written
+    // still counts.
+    let catalog = crate::catalog::write_snapshot(&registry, &lake, &state, &record).await;
+    if let Err(err) = &catalog {
         eprintln!(
             "warning: writing {}: {err:#}",
             state.catalog_path().display()
@@ -132,6 +139,13 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         eprintln!("warning: pruning old runs: {err:#}");
     }
     drop(lock);
+    // After the lock is released, so that the report does not show this run as in progress.
+    if let (Some(path), Ok(catalog)) = (&args.report, catalog) {
+        match crate::report::write(&state, catalog, path, &args.report_options) {
+            Ok(()) => eprintln!("report written to {}", path.display()),
+            Err(err) => eprintln!("warning: {err:#}"),
+        }
+    }
     Ok(record.exit_code.unwrap_or(exit::FAILED))
 }
 

@@ -22,7 +22,6 @@ const LOG_FILE: &str = "worker.log";
 /// How much of the log to read per step when looking for its last lines.
 const TAIL_CHUNK: u64 = 16 * 1024;
 
-/// The three files of one run.
 /// Replaces `path` (a file in `dir`) with `bytes`: written to `tmp` beside it and fsynced, renamed
 /// over it, then the directory fsynced, so after a power cut the file is the old one or the new
 /// one, never a mix.
@@ -50,6 +49,19 @@ pub(crate) fn replace_file(
         .map_err(|e| RunsError::io(dir, e))
 }
 
+/// Replaces the file `path` with `bytes` atomically (see [`replace_file`]), through a temporary
+/// file beside it named after this process.
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), RunsError> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    replace_file(dir, &tmp, path, bytes)
+}
+
+/// The three files of one run.
 #[derive(Clone, Debug)]
 pub struct RunFiles {
     id: RunId,
@@ -164,6 +176,23 @@ impl RunFiles {
         };
         let tail = tail_bytes(&file, lines).map_err(|e| RunsError::io(&path, e))?;
         Ok(String::from_utf8_lossy(&tail).into_owned())
+    }
+
+    /// The last `limit` events of `events.ndjson`, oldest first. A line that is not JSON (a
+    /// write cut short by a crash) is skipped; a run with no events yet has none.
+    pub fn read_events(&self, limit: usize) -> Result<Vec<Value>, RunsError> {
+        let path = self.events_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(RunsError::io(path, e)),
+        };
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let skip = events.len().saturating_sub(limit);
+        Ok(events.into_iter().skip(skip).collect())
     }
 
     fn append(&self, path: &Path, bytes: &[u8]) -> Result<(), RunsError> {

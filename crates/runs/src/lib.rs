@@ -18,6 +18,7 @@
 //! formatter (`{:#}` under anyhow).
 
 pub mod exit;
+pub mod health;
 
 mod error;
 mod files;
@@ -26,8 +27,8 @@ mod lock;
 mod record;
 mod state;
 
-pub use crate::error::RunsError;
-pub use crate::files::RunFiles;
+pub use crate::error::{chain, RunsError};
+pub use crate::files::{replace_atomically, RunFiles};
 pub use crate::id::RunId;
 pub use crate::lock::{RunLock, LOCK_FD_ENV};
 pub use crate::record::{AssetRun, AssetStatus, CheckResult, RunRecord, RunStatus};

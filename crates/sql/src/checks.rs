@@ -3,7 +3,7 @@
 //! They run in DuckDB over the batches before the commit, as engine checks, so a failing
 //! blocking one leaves the table at its previous version.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use quantlens_engine::Check;
 use quantlens_lake::arrow::array::RecordBatch;
@@ -265,24 +265,9 @@ impl SqlCheck {
     }
 }
 
-/// The in-memory database every check connects to. Opening a DuckDB database costs far more
-/// than the checks of a daily run, so the process opens one and each check takes a connection of
-/// its own (its `this` is a temporary table, private to that connection).
-static CHECK_DATABASE: Mutex<Option<duckdb::Connection>> = Mutex::new(None);
-
-fn check_connection() -> duckdb::Result<duckdb::Connection> {
-    let mut database = CHECK_DATABASE.lock().unwrap_or_else(|e| e.into_inner());
-    if database.is_none() {
-        let conn = quantlens_lake::duck::connect()?;
-        conn.register_table_function::<duckdb::vtab::arrow::ArrowVTab>("arrow")?;
-        *database = Some(conn);
-    }
-    database.as_ref().expect("opened above").try_clone()
-}
-
 /// A DuckDB connection holding `batches` as the table `this`.
 pub fn this_table(batches: &[RecordBatch]) -> duckdb::Result<duckdb::Connection> {
-    let conn = check_connection()?;
+    let conn = quantlens_lake::duck::connect()?;
     for (index, batch) in batches.iter().enumerate() {
         let batch = quantlens_lake::lake_to_duckdb(batch)
             .map_err(|e| duckdb::Error::ToSqlConversionFailure(Box::new(e)))?;

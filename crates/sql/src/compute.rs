@@ -71,7 +71,7 @@ pub(crate) async fn compute(
                 asset.key
             ))
         })?;
-        views.push(format!("CREATE VIEW {} AS {query}", ident(view)));
+        views.push(format!("CREATE TEMP VIEW {} AS {query}", ident(view)));
     }
     if asset.header.materialize == Materialize::Table {
         let batches = run_query(&views, &asset, None, None)?;

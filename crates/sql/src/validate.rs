@@ -25,11 +25,7 @@ pub struct Verdict {
 
 /// Checks `assets` (in dependency order) against the lake as it is.
 pub async fn check_against_lake(lake: &Lake, assets: &[Arc<SqlAsset>]) -> Vec<Verdict> {
-    let conn = quantlens_lake::duck::connect().and_then(|conn| {
-        conn.register_table_function::<duckdb::vtab::arrow::ArrowVTab>("arrow")?;
-        Ok(conn)
-    });
-    let conn = match conn {
+    let conn = match quantlens_lake::duck::connect() {
         Ok(conn) => conn,
         Err(e) => {
             return assets
@@ -154,7 +150,7 @@ async fn check_one(
             duckdb::arrow::record_batch::RecordBatch::new_empty(schema.clone()),
         );
         conn.execute(
-            &format!("CREATE TABLE {view} AS SELECT * FROM arrow(?)"),
+            &format!("CREATE TEMP TABLE {view} AS SELECT * FROM arrow(?)"),
             [&arrow],
         )
         .map_err(|e| e.to_string())?;

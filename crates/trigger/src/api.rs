@@ -5,7 +5,10 @@
 //! GET  /runs?limit=N       the newest run records
 //! GET  /runs/{id}          one run record
 //! GET  /runs/{id}/log?tail=N   the end of its worker.log
+//! GET  /runs/{id}/events?limit=N   its last events
+//! GET  /assets             the catalog snapshot of the last run
 //! GET  /health             200 fresh | 503 stale or never succeeded (no token needed)
+//! GET  /, /app.js, /app.css   the status page (no token needed: it holds no data)
 //! ```
 //!
 //! Everything is JSON in and out. Every failure is a 4xx or 5xx with a JSON body
@@ -43,6 +46,9 @@ const MAX_RUNS: usize = 1000;
 /// `GET /runs/{id}/log` without `tail`, and the most lines it may ask for.
 const DEFAULT_TAIL: usize = 100;
 const MAX_TAIL: usize = 10_000;
+/// `GET /runs/{id}/events` without `limit`, and the most events it may ask for.
+const DEFAULT_EVENTS: usize = 500;
+const MAX_EVENTS: usize = 10_000;
 
 /// Everything the handlers share.
 pub struct App {
@@ -80,6 +86,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/log", get(get_log))
+        .route("/runs/{id}/events", get(get_events))
         .route("/assets", get(get_assets))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -87,6 +94,7 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .merge(crate::page::routes())
         .merge(protected)
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
@@ -320,6 +328,37 @@ async fn get_log(
     ))
 }
 
+#[derive(Serialize)]
+struct Events<'a> {
+    run_id: &'a RunId,
+    events: Vec<serde_json::Value>,
+}
+
+/// `GET /runs/{id}/events?limit=N`: the last N events of the run, oldest first.
+async fn get_events(
+    State(app): State<Arc<App>>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let id = run_id(id)?;
+    let limit = query_number(query.as_deref(), "limit", DEFAULT_EVENTS, MAX_EVENTS)?;
+    let state = app.runner.state();
+    if !state.run_dir(&id).is_dir() {
+        return Err(ApiError::not_found(format!("no run {id}")));
+    }
+    let events = state
+        .run_files(&id)
+        .read_events(limit)
+        .map_err(ApiError::from_runs)?;
+    Ok(json(
+        StatusCode::OK,
+        &Events {
+            run_id: &id,
+            events,
+        },
+    ))
+}
+
 /// `GET /assets`: the catalog snapshot the worker wrote at the end of the last run (every asset
 /// with its table, freshness, kind and last checks, and the lineage edges), served as written.
 async fn get_assets(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
@@ -347,7 +386,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn unknown_path() -> ApiError {
     ApiError::not_found(
-        "no such endpoint; see POST /trigger, GET /runs, GET /runs/{id}, GET /runs/{id}/log, GET /assets, GET /health",
+        "no such endpoint; see POST /trigger, GET /runs, GET /runs/{id}, GET /runs/{id}/log, GET /runs/{id}/events, GET /assets, GET /health, and the page at /",
     )
 }
 

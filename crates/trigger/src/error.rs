@@ -150,17 +150,8 @@ impl StartupError {
     }
 }
 
-/// An error and its sources on one line, `outer: inner: innermost`.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// `err` and its sources, joined by ": " (shared with the runs crate).
+pub use quantlens_runs::chain;
 
 #[cfg(test)]
 mod tests {

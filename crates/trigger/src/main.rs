@@ -19,10 +19,9 @@ mod health;
 mod idempotency;
 mod listener;
 mod notify;
+mod page;
 mod server;
 mod supervise;
-#[cfg(test)]
-mod testutil;
 
 use std::process::ExitCode;
 

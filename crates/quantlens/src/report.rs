@@ -1,0 +1,112 @@
+//! `quantlens report --out FILE` (and `materialize --report FILE`): the status page as one
+//! self-contained HTML file, to mail or to publish on a bucket after the nightly run. It is the
+//! trigger daemon's page (quantlens-page) with the answers its API would give inlined: the
+//! catalog, the health verdict, the recent runs with their events and the end of their logs.
+//! Opened from `file://` it makes no request.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use quantlens_engine::Registry;
+use quantlens_lake::Lake;
+use quantlens_runs::health::{judge, last_success, read_alerts, Running, ALERTS_DIR};
+use quantlens_runs::{replace_atomically, RunLock, StateDir};
+use serde_json::{json, Map, Value};
+
+use crate::{Failure, Locations};
+
+/// The freshness bound when none is given: the trigger daemon's default `--max-age` (26 h).
+pub const DEFAULT_MAX_AGE: u64 = 26 * 3600;
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Where to write the HTML file (replaced atomically, so a web server never serves half).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[command(flatten)]
+    options: ReportOptions,
+}
+
+/// What a report holds beyond the catalog; shared with `materialize --report`.
+#[derive(Args, Clone)]
+pub struct ReportOptions {
+    /// The freshness bound of the report's health banner, in seconds (the trigger daemon's
+    /// --max-age, read from the same variable).
+    #[arg(long, env = "QUANTLENS_MAX_AGE", default_value_t = DEFAULT_MAX_AGE, value_name = "SECONDS")]
+    pub max_age: u64,
+    /// How many recent runs the report holds, each with its events and the end of its log.
+    #[arg(long = "report-runs", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=50), value_name = "N")]
+    pub runs: u16,
+}
+
+pub async fn run(locations: &Locations, args: ReportArgs) -> Result<i32, Failure> {
+    let registry: Registry = locations.registry()?;
+    let lake: Lake = locations.lake()?;
+    let state = StateDir::new(&locations.state_dir);
+    let catalog = crate::catalog::build(&registry, &lake, &state, None).await?;
+    write(&state, catalog, &args.out, &args.options)?;
+    println!("wrote {}", args.out.display());
+    Ok(quantlens_runs::exit::SUCCEEDED)
+}
+
+/// Writes the report of `catalog` and the runs in `state` to `out`.
+pub fn write(
+    state: &StateDir,
+    catalog: Value,
+    out: &Path,
+    options: &ReportOptions,
+) -> anyhow::Result<()> {
+    let html = quantlens_page::report(&Value::Object(responses(state, catalog, options)?));
+    replace_atomically(out, html.as_bytes())
+        .with_context(|| format!("writing the report {}", out.display()))?;
+    Ok(())
+}
+
+/// The API's answers the page asks for, keyed by path exactly as the script asks for them.
+fn responses(
+    state: &StateDir,
+    catalog: Value,
+    options: &ReportOptions,
+) -> anyhow::Result<Map<String, Value>> {
+    let now = chrono::Utc::now();
+    let running = RunLock::holder(state).ok().flatten().map(|holder| Running {
+        run_id: Some(holder).filter(|h| !h.is_empty()),
+    });
+    let health = judge(
+        &last_success(state),
+        Duration::from_secs(options.max_age),
+        now,
+        running,
+        &read_alerts(&state.root().join(ALERTS_DIR)),
+    );
+    let runs = if state.root().is_dir() {
+        state.list_runs(usize::from(options.runs))?
+    } else {
+        Vec::new()
+    };
+    let mut responses = Map::new();
+    responses.insert("generated_at".into(), json!(now.to_rfc3339()));
+    responses.insert("/health".into(), serde_json::to_value(&health)?);
+    responses.insert("/assets".into(), catalog);
+    for record in &runs {
+        let id = &record.run_id;
+        let files = state.run_files(id);
+        let tail = quantlens_page::LOG_TAIL;
+        responses.insert(format!("/runs/{id}"), serde_json::to_value(record)?);
+        responses.insert(
+            format!("/runs/{id}/events"),
+            json!({"run_id": id, "events": files.read_events(usize::MAX)?}),
+        );
+        responses.insert(
+            format!("/runs/{id}/log?tail={tail}"),
+            json!({"run_id": id, "tail": tail, "log": files.read_log_tail(tail)?}),
+        );
+    }
+    responses.insert(
+        format!("/runs?limit={}", quantlens_page::RUNS_SHOWN),
+        json!({ "runs": runs }),
+    );
+    Ok(responses)
+}
