@@ -76,7 +76,7 @@ function fill(element, attributes, children) {
 }
 
 function show(...nodes) {
-  document.getElementById("view").replaceChildren(...nodes.flat());
+  document.getElementById("view").replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function notice(text, kind = "error") {
@@ -138,10 +138,10 @@ function runLink(id) {
   return h("a", { href: `#/runs/${encodeURIComponent(id)}` }, id);
 }
 
-// What an asset's colour says: never materialised, its last run failed, stale, or fresh.
+// What an asset's colour says: its last run failed, never materialised, stale, or fresh.
 function assetState(entry) {
-  if (entry.version === null || entry.version === undefined) return "never";
   if (entry.last_run && entry.last_run.status === "failed") return "failed";
+  if (entry.version === null || entry.version === undefined) return "never";
   if (String(entry.state).startsWith("stale")) return "stale";
   return "fresh";
 }
@@ -177,7 +177,7 @@ const views = {
               h("td", { class: "rows num" }, number(e.rows)),
               h("td", { class: "materialised" }, when(e.last_materialized)),
               h("td", { class: "state" }, badge(assetState(e)), " ",
-                h("span", { class: "small muted" }, String(e.state).replace(/^stale: /, ""))),
+                h("span", { class: "small muted" }, String(e.state).startsWith("stale: ") ? String(e.state).slice(7) : "")),
               h("td", {}, checksSummary(e.last_run)),
               h("td", { class: "small" }, e.description || "")))))]),
       h("p", { class: "small muted" }, `Catalog written by run `, runLink(catalog.run_id), ` at ${utc(catalog.generated_at)}.`),
@@ -401,7 +401,7 @@ async function renderHealth() {
   const banner = document.getElementById("health");
   let report;
   try {
-    report = REPORT ? REPORT["/health"] : await fetch("/health", { cache: "no-store" }).then((r) => r.json());
+    report = REPORT ? REPORT["/status"] : await fetch("/status", { cache: "no-store" }).then((r) => r.json());
   } catch (_) {
     report = null;
   }

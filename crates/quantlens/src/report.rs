@@ -88,7 +88,7 @@ fn responses(
     };
     let mut responses = Map::new();
     responses.insert("generated_at".into(), json!(now.to_rfc3339()));
-    responses.insert("/health".into(), serde_json::to_value(&health)?);
+    responses.insert("/status".into(), serde_json::to_value(&health)?);
     responses.insert("/assets".into(), catalog);
     for record in &runs {
         let id = &record.run_id;

@@ -8,6 +8,7 @@
 //! GET  /runs/{id}/events?limit=N   its last events
 //! GET  /assets             the catalog snapshot of the last run
 //! GET  /health             200 fresh | 503 stale or never succeeded (no token needed)
+//! GET  /status             the same verdict, always 200 (no token needed)
 //! GET  /, /app.js, /app.css   the status page (no token needed: it holds no data)
 //! ```
 //!
@@ -94,6 +95,7 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/status", get(status))
         .merge(crate::page::routes())
         .merge(protected)
         .fallback(unknown_path)
@@ -384,9 +386,16 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     json(status, &report)
 }
 
+/// `GET /status`: the health verdict with 200 whatever it says, for the status page and scripts
+/// that read the body (a browser logs every 503 it fetches as an error).
+async fn status(State(app): State<Arc<App>>) -> Response {
+    let (_, report) = app.health.check(&app.runner);
+    json(StatusCode::OK, &report)
+}
+
 async fn unknown_path() -> ApiError {
     ApiError::not_found(
-        "no such endpoint; see POST /trigger, GET /runs, GET /runs/{id}, GET /runs/{id}/log, GET /runs/{id}/events, GET /assets, GET /health, and the page at /",
+        "no such endpoint; see POST /trigger, GET /runs, GET /runs/{id}, GET /runs/{id}/log, GET /runs/{id}/events, GET /assets, GET /health, GET /status, and the page at /",
     )
 }
 
