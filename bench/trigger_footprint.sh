@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Footprint of the trigger daemon (quantlens-trigger): stripped release binary size, idle RSS,
-# RSS after 10,000 and 20,000 requests and after a 500-connection burst, and GET /health latency at a fixed 1,000 requests/s on
-# loopback. Prints the numbers and the machine; docs/benchmarks.md records them. Nothing here
+# RSS after 10,000 and 20,000 requests, after 1,000 loads of the status page and after a
+# 500-connection burst, and GET /health latency at a fixed 1,000 requests/s on loopback. Prints the numbers and the machine; docs/benchmarks.md records them. Nothing here
 # asserts a timing: this measures, it does not test.
 #
 #   bench/trigger_footprint.sh            # build (release) into $CARGO_TARGET_DIR, then measure
@@ -62,6 +62,22 @@ for i in range(count):
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(record, indent=2))
     (run_dir / "worker.log").write_text("".join(f"line {n} of a worker log\n" for n in range(200)))
+# The catalog snapshot the worker leaves (GET /assets): the six shipped assets and two side tables.
+tables = ["bronze/prices", "bronze/landing_files", "silver/prices", "silver/prices_rejects",
+          "gold/returns", "gold/market_daily", "gold/high_low_52w", "gold/symbol_summary"]
+last = now.isoformat().replace("+00:00", "Z")
+catalog = {"generated_at": last, "run_id": run_id, "edges": [
+    ["bronze/prices", "silver/prices"], ["silver/prices", "gold/returns"],
+    ["gold/returns", "gold/market_daily"], ["silver/prices", "gold/high_low_52w"],
+    ["gold/returns", "gold/symbol_summary"]], "assets": [
+    {"table": t, "layer": t.split("/")[0], "kind": "sql" if "52w" in t or "summary" in t else "rust",
+     "defined_in": None, "description": "a table of the demo pipeline", "group": t.split("/")[0],
+     "deps": [], "side_table_of": None, "code_version": "1", "version": 200, "rows": 5_000_000,
+     "last_materialized": last, "state": "fresh",
+     "last_run": {"run_id": run_id, "status": "succeeded", "finished_at": last, "error": None,
+                  "checks": [{"name": "not_null", "passed": True, "blocking": True, "detail": "-"}]}}
+    for t in tables]}
+(state / "catalog.json").write_text(json.dumps(catalog))
 PY
 run_id="$(ls "$work/state/runs" | sort | tail -n 1)"
 
@@ -95,7 +111,13 @@ after_mixed_kb="$(rss_kb)"
 # so it is measured on its own rather than at 1,000/s.
 list_json="$("$LOAD" "$addr" 20 5 1 "GET /runs")"
 
-# Phase 4: a burst of 500 concurrent connections, each one POST /trigger (409: lock still held),
+# Phase 4: 1,000 loads of the status page, each its six requests (the page, its script and
+# stylesheet, then what it fetches: the verdict, the catalog, the runs list), at 600 requests/s.
+pages_json="$("$LOAD" "$addr" 600 10 "$CONNECTIONS" \
+  "GET /" "GET /app.js" "GET /app.css" "GET /status" "GET /assets" "GET /runs?limit=50")"
+after_pages_kb="$(rss_kb)"
+
+# Phase 5: a burst of 500 concurrent connections, each one POST /trigger (409: lock still held),
 # as in the single-flight test. RSS right after it, and once the daemon has trimmed its heap
 # (it does so within 5 s of going quiet).
 python3 - "$addr" <<'PY'
@@ -128,6 +150,7 @@ threads:        $threads
 idle RSS:       $idle_kb kB ($(mib "$idle_kb"))
 RSS after 10k:  $after_health_kb kB ($(mib "$after_health_kb"))   (10,000 x GET /health)
 RSS after 20k:  $after_mixed_kb kB ($(mib "$after_mixed_kb"))   (+10,000 mixed: /health, /runs/ID, /runs/ID/log, POST /trigger -> 409)
+after 1k pages: $after_pages_kb kB ($(mib "$after_pages_kb"))   (1,000 page loads: /, /app.js, /app.css, /status, /assets, /runs?limit=50)
 after a burst:  $after_burst_kb kB ($(mib "$after_burst_kb"))   (500 concurrent connections, POST /trigger -> 409)
 6 s later:      $after_trim_kb kB ($(mib "$after_trim_kb"))   (heap trimmed once quiet)
 GET /health at $RATE req/s for ${SECONDS_PER_PHASE}s over $CONNECTIONS connections:
@@ -137,4 +160,6 @@ mixed at $RATE req/s for ${SECONDS_PER_PHASE}s:
   $mixed_json
 GET /runs at 20 req/s for 5s ($RUNS records in the state directory):
   $list_json
+1,000 page loads (6,000 requests at 600 req/s):
+  $pages_json
 EOF

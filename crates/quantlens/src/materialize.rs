@@ -42,8 +42,9 @@ pub struct MaterializeArgs {
     /// Who started the run, recorded in run.json (cli, http, timer, ...).
     #[arg(long, env = "QUANTLENS_TRIGGER", default_value = "cli")]
     trigger: String,
-    /// At the end of the run, also write the status report (see `quantlens report`) to FILE.
-    #[arg(long, value_name = "FILE")]
+    /// At the end of the run, also write the status report (see `quantlens report`) to FILE; a
+    /// report that cannot be written is a warning, not a failed run.
+    #[arg(long, env = "QUANTLENS_REPORT", value_name = "FILE")]
     report: Option<std::path::PathBuf>,
     #[command(flatten)]
     report_options: crate::report::ReportOptions,
