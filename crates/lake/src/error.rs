@@ -5,7 +5,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum LakeError {
-    #[error("invalid DATA_ROOT `{root}`: {reason}")]
+    /// A location (DATA_ROOT, LANDING_DIR, a backup target) that cannot be used.
+    #[error("invalid location `{root}`: {reason}")]
     InvalidRoot { root: String, reason: String },
 
     #[error("table `{table}`: {source}")]

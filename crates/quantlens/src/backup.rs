@@ -62,33 +62,17 @@ fn location(to: &Option<String>) -> Result<FileStore, Failure> {
 }
 
 pub async fn run(locations: &Locations, args: BackupArgs) -> Result<i32, Failure> {
-    let store = location(&args.to)?;
     match args.action {
         None => {
-            let lake = locations.lake()?;
-            let tables = locations.tables()?;
-            let report = backup::backup(&lake, &tables, &store, args.keep)
-                .await
-                .map_err(|e| fail(exit::FAILED, e.into()))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "backup {}: {} tables, {} files ({} bytes); copied {} files ({} bytes); \
-                     retention deleted {} backups, {} files",
-                    report.backup_id,
-                    report.tables,
-                    report.files,
-                    report.bytes,
-                    report.files_copied,
-                    report.bytes_copied,
-                    report.manifests_deleted,
-                    report.files_deleted
-                );
+            // Whatever stops a backup (its target, the lake, a copy) is told once.
+            let result = back_up(locations, &args).await;
+            if let Err(failure) = &result {
+                crate::notify::backup_failed(&failure.error).await;
             }
-            Ok(exit::SUCCEEDED)
+            result
         }
         Some(BackupAction::List) => {
+            let store = location(&args.to)?;
             let manifests = backup::list(&store).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&manifests)?);
@@ -98,6 +82,7 @@ pub async fn run(locations: &Locations, args: BackupArgs) -> Result<i32, Failure
             Ok(exit::SUCCEEDED)
         }
         Some(BackupAction::Verify { backup: id }) => {
+            let store = location(&args.to)?;
             let manifest = backup::find(&store, id.as_deref()).await?;
             let problems = backup::verify(&store, &manifest).await?;
             for problem in &problems {
@@ -157,5 +142,32 @@ pub async fn restore(locations: &Locations, args: RestoreArgs) -> Result<i32, Fa
         manifest.backup_id,
         lake.root()
     );
+    Ok(exit::SUCCEEDED)
+}
+
+/// `quantlens backup --to URL`: one incremental backup of every table.
+async fn back_up(locations: &Locations, args: &BackupArgs) -> Result<i32, Failure> {
+    let store = location(&args.to)?;
+    let lake = locations.lake()?;
+    let tables = locations.tables()?;
+    let report = backup::backup(&lake, &tables, &store, args.keep)
+        .await
+        .map_err(|e| fail(exit::FAILED, e.into()))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "backup {}: {} tables, {} files ({} bytes); copied {} files ({} bytes); \
+             retention deleted {} backups, {} files",
+            report.backup_id,
+            report.tables,
+            report.files,
+            report.bytes,
+            report.files_copied,
+            report.bytes_copied,
+            report.manifests_deleted,
+            report.files_deleted
+        );
+    }
     Ok(exit::SUCCEEDED)
 }

@@ -8,6 +8,7 @@ mod catalog;
 mod inspect;
 mod maintain;
 mod materialize;
+mod notify;
 mod output;
 mod report;
 
@@ -203,6 +204,10 @@ enum Command {
     /// Write the status page as one self-contained HTML file: the trigger daemon's page with the
     /// catalog, health and recent runs inlined, readable from file:// with no server.
     Report(report::ReportArgs),
+    /// Send a failure notification to the configured channels (QUANTLENS_NOTIFY_WEBHOOK,
+    /// QUANTLENS_NOTIFY_SLACK, QUANTLENS_HEARTBEAT_URL or the QUANTLENS_NOTIFY_CREDENTIALS file),
+    /// for the trigger daemon and systemd's OnFailure= hook.
+    Notify(notify::NotifyArgs),
     /// Compact small files, write checkpoints and vacuum old files, for every table.
     Maintain(maintain::MaintainArgs),
 }
@@ -354,6 +359,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Restore(args) => backup::restore(&locations, args).await,
         Command::Maintain(args) => maintain::run(&locations, args).await,
         Command::Report(args) => report::run(&locations, args).await,
+        Command::Notify(args) => notify::run(args).await,
     }
 }
 

@@ -127,6 +127,7 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         .map_err(|e| fail(exit::FAILED, e.into()))?;
 
     print_summary(&record);
+    crate::notify::after_run(&record).await;
     // What the daemon shows of every asset; a run whose catalog or report cannot be written
     // still counts.
     let catalog = crate::catalog::write_snapshot(&registry, &lake, &state, &record).await;

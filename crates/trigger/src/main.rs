@@ -11,6 +11,7 @@
 //! a run), `health`, `notify` (sd_notify), and `server`, which ties them together and owns
 //! shutdown.
 
+mod alert;
 mod api;
 mod auth;
 mod config;

@@ -51,6 +51,9 @@ const PASSED_VARS: &[&str] = &[
     "ASSETS_DIR",
     "QUANTLENS_KEEP_RUNS",
     "QUANTLENS_CACHE_DIR",
+    // The status report a run refreshes, and the freshness bound its banner shows.
+    "QUANTLENS_REPORT",
+    "QUANTLENS_MAX_AGE",
     // Object-storage keys for an s3:// DATA_ROOT: a file of KEY=VALUE lines, typically in the
     // systemd credentials directory (LoadCredential=), so they never sit in the environment.
     "QUANTLENS_S3_CREDENTIALS",
@@ -356,6 +359,13 @@ impl Runner {
                     files,
                     &format!("worker {}; run recorded as {status}", exit.text),
                 );
+                crate::alert::run_ended_badly(
+                    &self.config.worker,
+                    &self.env,
+                    files,
+                    status,
+                    &error,
+                );
                 record_ending(files, record, status, exit.code, error);
                 status
             }
@@ -579,7 +589,9 @@ fn worker_env(
 ) -> Vec<(OsString, OsString)> {
     let passed = |name: &OsString| {
         name.to_str().is_some_and(|name| {
-            PASSED_VARS.contains(&name) || PASSED_PREFIXES.iter().any(|p| name.starts_with(p))
+            PASSED_VARS.contains(&name)
+                || crate::alert::CHANNEL_VARS.contains(&name)
+                || PASSED_PREFIXES.iter().any(|p| name.starts_with(p))
         })
     };
     let mut env: Vec<_> = vars.filter(|(name, _)| passed(name)).collect();
@@ -695,6 +707,7 @@ mod tests {
             ("QUANTLENS_LOCK_FD", "9"),
             ("STATE_DIR", "/somewhere/else"),
             ("RANDOM_THING", "x"),
+            ("QUANTLENS_NOTIFY_SLACK", "https://hooks.example/x"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let env = worker_env(ours.into_iter(), Path::new("/srv/state"));
@@ -706,6 +719,7 @@ mod tests {
                 "DATA_ROOT",
                 "AWS_REGION",
                 "LC_ALL",
+                "QUANTLENS_NOTIFY_SLACK",
                 "STATE_DIR",
                 "QUANTLENS_TRIGGER",
                 "QUANTLENS_LOG_CAPTURED"
