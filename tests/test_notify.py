@@ -92,12 +92,21 @@ def small_lake(lake):
         deliver(lake, files)
 
 
+def every_channel(receiver):
+    return dict(QUANTLENS_NOTIFY_WEBHOOK=f"{receiver.url}/hook",
+                QUANTLENS_NOTIFY_SLACK=f"{receiver.url}/slack",
+                QUANTLENS_HEARTBEAT_URL=f"{receiver.url}/hc/abc")
+
+
+def add_doomed_asset(lake):
+    """A SQL asset whose blocking check always fails."""
+    (lake.assets / "gold").mkdir(parents=True, exist_ok=True)
+    (lake.assets / "gold" / "doomed.sql").write_text(DOOMED)
+
+
 def test_a_success_pings_the_heartbeat_and_nothing_else(lake, receiver):
     small_lake(lake)
-    channels = dict(QUANTLENS_NOTIFY_WEBHOOK=f"{receiver.url}/hook",
-                    QUANTLENS_NOTIFY_SLACK=f"{receiver.url}/slack",
-                    QUANTLENS_HEARTBEAT_URL=f"{receiver.url}/hc/abc")
-    result = lake.run("materialize", "--run-id", "ok-1", **channels)
+    result = lake.run("materialize", "--run-id", "ok-1", **every_channel(receiver))
     pings = receiver.to("/hc/abc")
     assert len(pings) == 1 and b"run ok-1 succeeded" in pings[0]["body"], receiver.requests
     assert receiver.to("/hook") == [] and receiver.to("/slack") == []
@@ -106,12 +115,8 @@ def test_a_success_pings_the_heartbeat_and_nothing_else(lake, receiver):
 
 def test_a_failed_run_is_told_once_to_every_channel(lake, receiver):
     small_lake(lake)
-    (lake.assets / "gold").mkdir(parents=True)
-    (lake.assets / "gold" / "doomed.sql").write_text(DOOMED)
-    channels = dict(QUANTLENS_NOTIFY_WEBHOOK=f"{receiver.url}/hook",
-                    QUANTLENS_NOTIFY_SLACK=f"{receiver.url}/slack",
-                    QUANTLENS_HEARTBEAT_URL=f"{receiver.url}/hc/abc")
-    lake.run("materialize", "--run-id", "bad-1", expect=1, **channels)
+    add_doomed_asset(lake)
+    lake.run("materialize", "--run-id", "bad-1", expect=1, **every_channel(receiver))
 
     [hook] = receiver.to("/hook")
     assert hook["type"] == "application/json"
@@ -136,8 +141,7 @@ def test_a_failed_run_is_told_once_to_every_channel(lake, receiver):
 
 def test_dead_receivers_never_change_the_outcome(lake, receiver):
     small_lake(lake)
-    (lake.assets / "gold").mkdir(parents=True)
-    (lake.assets / "gold" / "doomed.sql").write_text(DOOMED)
+    add_doomed_asset(lake)
     channels = dict(QUANTLENS_NOTIFY_WEBHOOK=f"{receiver.url}/hang",
                     QUANTLENS_NOTIFY_SLACK=f"{receiver.url}/error",
                     QUANTLENS_HEARTBEAT_URL=f"http://127.0.0.1:{closed_port()}/hc")

@@ -381,6 +381,12 @@ wait_for() {
         sleep 0.5
     done
 }
+# play_live PLAYBOOK VARS LOG: run ansible/PLAYBOOK against the booted VM (inventory/live.yml)
+# with the extra variables of the JSON file VARS, its output in LOG.
+play_live() {
+    env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
+        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/$1" -e "@$2" >"$3" 2>&1
+}
 STATE=/var/lib/quantlens/state
 DATA=/var/lib/quantlens/data
 run_status() { ct_sh "cat $STATE/runs/$1/run.json" | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])'; }
@@ -710,9 +716,7 @@ json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json" "
     before=$(unit_prop quantlens-trigger.service InvocationID)
 
     step_start "deploy: new release into the running VM"
-    if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/site.yml" \
-        -e "@$WORK/vars-live.json" >"$WORK/deploy1.log" 2>&1; then
+    if play_live site.yml "$WORK/vars-live.json" "$WORK/deploy1.log"; then
         pass "deploy of a new release into the running VM (changed=$(recap_field changed "$WORK/deploy1.log"))"
     else
         fail "deploy of a new release into the running VM"
@@ -751,9 +755,7 @@ json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json" "
         ct test -d /var/lib/quantlens/data/gold/symbol_summary/_delta_log
 
     step_start "deploy: second run into the running VM"
-    if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/site.yml" \
-        -e "@$WORK/vars-live.json" >"$WORK/deploy2.log" 2>&1 &&
+    if play_live site.yml "$WORK/vars-live.json" "$WORK/deploy2.log" &&
         [ "$(recap_field changed "$WORK/deploy2.log")" = 0 ]; then
         pass "a second deploy into the running VM reports changed=0"
     else
@@ -767,9 +769,7 @@ json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-live.json" "
     local restores
     restores=$(unit_starts quantlens-restore.service)
     step_start "dr.yml against the running VM (must refuse)"
-    if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/dr.yml" \
-        -e "@$WORK/vars-live.json" >"$WORK/dr.log" 2>&1; then
+    if play_live dr.yml "$WORK/vars-live.json" "$WORK/dr.log"; then
         fail "dr.yml must refuse to restore over existing tables, but it succeeded"
     elif grep -q 'already holds [1-9][0-9]* tables' "$WORK/dr.log" &&
         [ "$(unit_starts quantlens-restore.service)" = "$restores" ]; then
@@ -820,9 +820,7 @@ v.update(quantlens_data_root="s3://" + sys.argv[3] + "/lake",
 json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars-live.json" "$WORK/vars-eject.json" "$bucket" "$secret" "$endpoint"
 
     step_start "eject: dr.yml restores the lake into s3://"
-    if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/dr.yml" \
-        -e "@$WORK/vars-eject.json" >"$WORK/eject.log" 2>&1; then
+    if play_live dr.yml "$WORK/vars-eject.json" "$WORK/eject.log"; then
         pass "dr.yml with DATA_ROOT=s3://$bucket/lake provisions, restores the newest backup there, starts the platform"
     else
         fail "dr.yml with DATA_ROOT=s3://$bucket/lake"
@@ -919,9 +917,7 @@ v = json.load(open(sys.argv[1]))
 v.update(quantlens_notify_webhook="http://127.0.0.1:9100/hook",
          quantlens_heartbeat_url="http://127.0.0.1:9100/hc/deploy-test")
 json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars-live.json" "$WORK/vars-notify.json"
-    if env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/site.yml" \
-        -e "@$WORK/vars-notify.json" >"$WORK/notify.log" 2>&1; then
+    if play_live site.yml "$WORK/vars-notify.json" "$WORK/notify.log"; then
         pass "site.yml with a webhook and a heartbeat configured"
     else
         fail "site.yml with a webhook and a heartbeat configured"
@@ -953,6 +949,23 @@ assert "blocking check `row_count` failed" in h["assets"][0]["error"], h' "$rece
         test "$(grep -c '"path": "/hc/deploy-test/fail"' "$received")" = 1
     sed 's/^/    received: /' "$received" | cut -c1-220
     ct rm -f "$doomed"
+    # A run that hangs past its timeout is killed by systemd: the worker cannot tell, so the
+    # OnFailure= hook does, once.
+    ct mkdir -p /run/systemd/system/quantlens-materialize.service.d
+    ct_sh "printf '[Service]\\nExecStart=\\nExecStart=/bin/sleep 60\\nTimeoutStartSec=2\\n' >/run/systemd/system/quantlens-materialize.service.d/99-fail.conf"
+    ct systemctl daemon-reload
+    check_fails "a timer run that outlives TimeoutStartSec fails the unit" ct systemctl start quantlens-materialize.service
+    check "the OnFailure hook told the webhook once: unit_failed, result=timeout" \
+        wait_for 30 python3 -c 'import json, sys
+hooks = [json.loads(json.loads(l)["body"]) for l in open(sys.argv[1]) if json.loads(l)["path"] == "/hook"]
+unit = [h for h in hooks if h["event"] == "unit_failed"]
+assert len(unit) == 1 and "quantlens-materialize.service failed (result=timeout" in unit[0]["error"], hooks' "$received"
+    check "the hook itself finished and succeeded" \
+        wait_for 20 ct_sh "test \"\$(systemctl show -p ActiveState --value quantlens-alert@quantlens-materialize.service.service)\" = inactive -a \"\$(systemctl show -p Result --value quantlens-alert@quantlens-materialize.service.service)\" = success"
+    check "a failed run (exit 1) was not told a second time by the hook" \
+        test "$(grep -c '"path": "/hook"' "$received")" = 2
+    ct rm -rf /run/systemd/system/quantlens-materialize.service.d
+    ct systemctl daemon-reload
     check "the next run succeeds again (and clears the alert marker)" \
         ct_sh "systemctl start quantlens-materialize.service && ! test -e $STATE/alerts/quantlens-materialize.service.json"
     step_end "notifications in the booted VM"

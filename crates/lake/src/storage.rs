@@ -30,13 +30,7 @@ fn credentials_from_file() -> Result<HashMap<String, String>, LakeError> {
         root: path.to_string_lossy().into_owned(),
         reason: format!("cannot read the S3 credentials file named by {CREDENTIALS_FILE_ENV}: {e}"),
     })?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .map(|(key, value)| (key.trim().to_string(), value.trim().to_string()))
-        .collect())
+    Ok(quantlens_runs::credentials::key_values(&text).collect())
 }
 
 /// An S3 client for the bucket of `url`: environment first, then the credentials file, then

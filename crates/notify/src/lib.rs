@@ -106,19 +106,13 @@ impl Channels {
     }
 }
 
-/// `KEY=VALUE` lines; blank lines and `#` comments skipped.
+/// The channels' file (see [`quantlens_runs::credentials`]).
 fn read_credentials(path: &Path) -> Result<BTreeMap<String, String>, NotifyError> {
     let text = std::fs::read_to_string(path).map_err(|source| NotifyError::Credentials {
         path: path.display().to_string(),
         source,
     })?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect())
+    Ok(quantlens_runs::credentials::key_values(&text).collect())
 }
 
 fn redact(value: &str) -> String {

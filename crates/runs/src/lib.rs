@@ -1,10 +1,12 @@
 //! Run bookkeeping shared by the `quantlens materialize` worker and the HTTP
 //! trigger daemon: run ids ([`RunId`]), the run-record files a worker leaves
 //! behind ([`RunRecord`], [`RunFiles`]), the layout of the state directory
-//! ([`StateDir`]), the one-run-at-a-time lock ([`RunLock`]) and the worker's
-//! exit codes ([`exit`]). Everything is plain files so the daemon can answer
-//! "what ran, what is running, did it work" without talking to the worker,
-//! and the crate stays tiny because the daemon links it.
+//! ([`StateDir`]), the one-run-at-a-time lock ([`RunLock`]), the worker's
+//! exit codes ([`exit`]), the health verdict ([`health`]) and the format of
+//! the credential files systemd hands to units ([`credentials`]). Everything
+//! is plain files so the daemon can answer "what ran, what is running, did it
+//! work" without talking to the worker, and the crate stays tiny because the
+//! daemon links it.
 //!
 //! ```text
 //! STATE_DIR/run.lock                     flock'd by the running worker; holds its run id
@@ -17,6 +19,7 @@
 //! their [`std::error::Error::source`], so print them with a chain-aware
 //! formatter (`{:#}` under anyhow).
 
+pub mod credentials;
 pub mod exit;
 pub mod health;
 
