@@ -91,6 +91,12 @@ class Site:
         return self.daemon.get("/health").json["last_success"]
 
 
+def each(locator, attribute):
+    """The attribute of every element the locator finds, waiting for the first."""
+    locator.first.wait_for()
+    return [locator.nth(i).get_attribute(attribute) for i in range(locator.count())]
+
+
 def only_expected(errors, *statuses):
     """Console errors other than Chromium's own line for an expected HTTP answer."""
     allowed = [f"status of {s}" for s in statuses]
@@ -130,10 +136,7 @@ def test_materialize_builds_the_lake_and_the_run_is_followed_live(site):
 def test_the_assets_view_shows_every_asset_with_its_version_and_rows(site):
     catalog = site.built()
     page = site.open("#/assets")
-    page.locator("table.assets tr[data-asset]").first.wait_for()
-    shown = page.locator("table.assets tr[data-asset]")
-    keys = [shown.nth(i).get_attribute("data-asset") for i in range(shown.count())]
-    assert sorted(keys) == sorted(ASSETS)
+    assert sorted(each(page.locator("table.assets tr[data-asset]"), "data-asset")) == sorted(ASSETS)
     for key in ASSETS:
         # Read back independently: the table's own Delta log.
         table = DeltaTable(str(site.data / key))
@@ -161,10 +164,7 @@ def test_the_assets_view_shows_every_asset_with_its_version_and_rows(site):
 def test_the_lineage_draws_a_node_per_asset_and_an_edge_per_dependency(site):
     catalog = site.built()
     page = site.open("#/lineage")
-    page.locator("svg.lineage g.node").first.wait_for()
-    nodes = page.locator("svg.lineage g.node")
-    assert sorted(nodes.nth(i).get_attribute("data-asset") for i in range(nodes.count())) == \
-        sorted(ASSETS)
+    assert sorted(each(page.locator("svg.lineage g.node"), "data-asset")) == sorted(ASSETS)
     edges = page.locator("svg.lineage path.edge")
     drawn = sorted((edges.nth(i).get_attribute("data-from"), edges.nth(i).get_attribute("data-to"))
                    for i in range(edges.count()))

@@ -431,6 +431,44 @@ def test_a_worker_that_cannot_be_started_is_a_500_and_frees_the_lock(daemons, tm
 
 # --- /health ------------------------------------------------------------------------------------
 
+def test_health_follows_the_timers_schedule(daemons):
+    """With --schedule, a success is fresh until the next scheduled run is due (plus the grace),
+    however long that is: the days without a run are not outages."""
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    scheduled = now - datetime.timedelta(hours=3)   # a daily run 3 h ago; 2 h of grace
+    calendar = f"*-*-* {scheduled:%H:%M}:00 UTC"
+    due = scheduled.replace(second=0)
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # The last success finished after the run that was due: fresh, even 3 h later.
+    d = daemons(FINISHES)
+    write_record(d.state, "20200101T000000Z-000002", "succeeded", stamp(due + datetime.timedelta(minutes=1)))
+    assert d.terminate() == 0
+    d = daemons(FINISHES, "--schedule", calendar, "--schedule-grace", "7200")
+    r = d.get("/health")
+    assert r.status == 200, r
+    assert r.json["schedule"] == calendar and r.json["max_age_seconds"] is None
+    assert r.json["due"] == stamp(due), r.json
+    assert d.terminate() == 0
+
+    # Only a success from before the due run: stale, and the error names the run that is missing.
+    (d.state / "runs" / "20200101T000000Z-000002").rename(d.state / "old")
+    write_record(d.state, "20200101T000000Z-000003", "succeeded", stamp(due - datetime.timedelta(minutes=1)))
+    d = daemons(FINISHES, "--schedule", calendar)
+    r = d.get("/health")
+    assert r.status == 503 and r.json["status"] == "stale", r
+    assert f"the run due at {due:%Y-%m-%d %H:%M:%S} UTC" in r.json["error"]
+    # /status says the same with 200, for the page.
+    s = d.get("/status")
+    assert s.status == 200 and s.json["status"] == "stale"
+    assert d.terminate() == 0
+
+    bad = daemons(FINISHES, "--schedule", "weekdays", wait_ready=False)
+    assert bad.wait_exit(30) == 2
+    assert "is not a schedule QuantLens understands" in bad.log()
+
+
 def test_health_follows_the_last_success(daemons):
     d = daemons(FINISHES, "--max-age", "3600")
     r = d.get("/health")

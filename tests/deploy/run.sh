@@ -219,6 +219,7 @@ YAML
   "quantlens_trigger_allow_from": ["10.213.1.2"],
   "quantlens_trigger_token": "$TOKEN",
   "quantlens_idle_exit": 5,
+  "quantlens_schedule": "Mon..Fri *-*-* 21:45:00 UTC",
   "base_apt_update_cache": false,
   "backup_to": "$BACKUP_DIR",
   "backup_keep": 5
@@ -547,6 +548,11 @@ boot_and_check() {
     out=$(http GET /health) || true
     check "GET /health after the idle exit answers 200 (last run succeeded)" test "${out##* }" = 200
     printf '    /health: %s\n' "${out% *}"
+    check "GET /health follows quantlens_schedule" \
+        grep -q '"schedule":"Mon..Fri \*-\*-\* 21:45:00 UTC"' <<<"${out% *}"
+    check "the timer runs on quantlens_schedule, and on nothing else" \
+        test "$(ct systemctl show -p TimersCalendar --value quantlens-materialize.timer | grep -o 'OnCalendar=[^;]*' | tr -s ' ')" = "OnCalendar=Mon..Fri *-*-* 21:45:00 UTC "
+    ct systemctl show -p TimersCalendar --value quantlens-materialize.timer | sed 's/^/    timer: /'
     second_invocation=$(unit_prop quantlens-trigger.service InvocationID)
     check "the next request started the daemon again (a new invocation)" \
         test -n "$second_invocation" -a "$second_invocation" != "$first_invocation"

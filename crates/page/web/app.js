@@ -410,7 +410,9 @@ async function renderHealth() {
     banner.textContent = "Health unknown";
     return;
   }
-  const bound = report.max_age_seconds ? `freshness bound ${duration(report.max_age_seconds)}` : "";
+  const bound = report.schedule
+    ? `schedule ${report.schedule}: expects the run of ${utc(report.due)}`
+    : report.max_age_seconds ? `freshness bound ${duration(report.max_age_seconds)}` : "";
   const running = report.running ? `run ${report.running.run_id || "(unnamed)"} in progress` : "";
   const last = report.last_success ? `last success ${ago(report.last_success.finished_at)} (${report.last_success.run_id})` : "";
   const alerts = (report.alerts || []).map((a) => `${a.unit || "unit"} failed`).join(", ");

@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use clap::Args;
 use quantlens_engine::Registry;
 use quantlens_lake::Lake;
-use quantlens_runs::health::{judge, last_success, read_alerts, Running, ALERTS_DIR};
+use quantlens_runs::health::{judge, last_success, read_alerts, Bound, Running, ALERTS_DIR};
+use quantlens_runs::schedule::Schedule;
 use quantlens_runs::{replace_atomically, RunLock, StateDir};
 use serde_json::{json, Map, Value};
 
@@ -36,6 +37,18 @@ pub struct ReportOptions {
     /// --max-age, read from the same variable).
     #[arg(long, env = "QUANTLENS_MAX_AGE", default_value_t = DEFAULT_MAX_AGE, value_name = "SECONDS")]
     pub max_age: u64,
+    /// The timer's calendar the health banner follows instead of --max-age (the trigger
+    /// daemon's --schedule, from the same variable), e.g. `Mon..Fri *-*-* 22:30:00 UTC`.
+    #[arg(long, env = "QUANTLENS_SCHEDULE", value_name = "CALENDAR")]
+    pub schedule: Option<Schedule>,
+    /// With --schedule: how long a scheduled run may take to succeed, in seconds.
+    #[arg(
+        long,
+        env = "QUANTLENS_SCHEDULE_GRACE",
+        default_value_t = 7200,
+        value_name = "SECONDS"
+    )]
+    pub schedule_grace: u64,
     /// How many recent runs the report holds, each with its events and the end of its log.
     #[arg(long = "report-runs", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=50), value_name = "N")]
     pub runs: u16,
@@ -74,9 +87,16 @@ fn responses(
     let running = RunLock::holder(state).ok().flatten().map(|holder| Running {
         run_id: Some(holder).filter(|h| !h.is_empty()),
     });
+    let bound = match &options.schedule {
+        Some(schedule) => Bound::Schedule {
+            schedule: schedule.clone(),
+            grace: Duration::from_secs(options.schedule_grace),
+        },
+        None => Bound::MaxAge(Duration::from_secs(options.max_age)),
+    };
     let health = judge(
         &last_success(state),
-        Duration::from_secs(options.max_age),
+        &bound,
         now,
         running,
         &read_alerts(&state.root().join(ALERTS_DIR)),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::schedule::Schedule;
 use crate::{chain, StateDir};
 
 /// The body of a health answer.
@@ -19,7 +20,15 @@ pub struct Report {
     /// "ok", "stale", "no_success" or "error".
     pub status: &'static str,
     pub last_success: Option<LastSuccess>,
-    pub max_age_seconds: u64,
+    /// The bound without a schedule; `null` with one.
+    pub max_age_seconds: Option<u64>,
+    /// The timer's calendar the bound follows, if one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// With a schedule: the scheduled run a success must have finished after (the latest one
+    /// that started at least the grace period ago).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub due: Option<DateTime<Utc>>,
     pub running: Option<Running>,
     /// The alert markers found, as the hook wrote them (`unit`, `result`, `failed_at`, ...).
     pub alerts: Vec<serde_json::Value>,
@@ -45,6 +54,16 @@ impl Report {
     pub fn is_ok(&self) -> bool {
         self.status == "ok"
     }
+}
+
+/// How old the last success may be.
+#[derive(Clone, Debug)]
+pub enum Bound {
+    /// At most this old, whatever the day.
+    MaxAge(Duration),
+    /// Finished after the latest scheduled run that started at least `grace` ago: a timer that
+    /// does not run at weekends leaves Friday's data fresh until Monday's run is due.
+    Schedule { schedule: Schedule, grace: Duration },
 }
 
 /// The id and end of the last successful run in `state`, or why the records cannot be read.
@@ -86,16 +105,25 @@ pub fn read_alerts(dir: &std::path::Path) -> Vec<serde_json::Value> {
 
 pub fn judge(
     last_success: &Result<Option<(String, DateTime<Utc>)>, String>,
-    max_age: Duration,
+    bound: &Bound,
     now: DateTime<Utc>,
     running: Option<Running>,
     alerts: &[serde_json::Value],
 ) -> Report {
-    let max_age_seconds = max_age.as_secs();
+    let (max_age_seconds, schedule, due) = match bound {
+        Bound::MaxAge(max_age) => (Some(max_age.as_secs()), None, None),
+        Bound::Schedule { schedule, grace } => {
+            let started_by = now - chrono::Duration::from_std(*grace).unwrap_or_default();
+            let due = schedule.latest_at_or_before(started_by);
+            (None, Some(schedule.to_string()), Some(due))
+        }
+    };
     let report = |status, last_success, error| Report {
         status,
         last_success,
         max_age_seconds,
+        schedule: schedule.clone(),
+        due,
         running: running.clone(),
         alerts: alerts.to_vec(),
         error,
@@ -114,11 +142,27 @@ pub fn judge(
                 finished_at: *finished_at,
                 age_seconds: age.num_seconds(),
             };
-            if age.to_std().is_ok_and(|age| age > max_age) {
-                let error = format!(
-                    "the last successful run finished {} s ago, more than the {max_age_seconds} s allowed",
-                    age.num_seconds()
-                );
+            let stale = match (bound, due) {
+                (Bound::Schedule { grace, .. }, Some(due)) => (*finished_at < due).then(|| {
+                    format!(
+                        "the run due at {due} (schedule `{}`, {} s of grace) has not succeeded: \
+                         the last success finished at {finished_at}",
+                        schedule.as_deref().unwrap_or_default(),
+                        grace.as_secs()
+                    )
+                }),
+                (Bound::MaxAge(max_age), _) => {
+                    age.to_std().is_ok_and(|age| age > *max_age).then(|| {
+                        format!(
+                            "the last successful run finished {} s ago, more than the {} s allowed",
+                            age.num_seconds(),
+                            max_age.as_secs()
+                        )
+                    })
+                }
+                (Bound::Schedule { .. }, None) => None,
+            };
+            if let Some(error) = stale {
                 report("stale", Some(last), Some(error))
             } else if !alerts.is_empty() {
                 let units: Vec<&str> = alerts.iter().filter_map(|a| a["unit"].as_str()).collect();
@@ -145,28 +189,79 @@ mod tests {
     fn fresh_stale_never_and_unreadable() {
         let now = at("2026-11-29T12:00:00Z");
         let ok = Ok(Some(("r1".to_owned(), at("2026-11-29T06:00:00Z"))));
-        let report = judge(&ok, DAY, now, None, &[]);
+        let report = judge(&ok, &Bound::MaxAge(DAY), now, None, &[]);
         assert_eq!(report.status, "ok");
         assert_eq!(report.last_success.unwrap().age_seconds, 6 * 3600);
 
         let old = Ok(Some(("r1".to_owned(), at("2026-11-27T12:00:00Z"))));
-        let report = judge(&old, DAY, now, None, &[]);
+        let report = judge(&old, &Bound::MaxAge(DAY), now, None, &[]);
         assert_eq!(report.status, "stale");
         assert!(report.error.unwrap().contains("172800 s ago"));
 
-        let report = judge(&Ok(None), DAY, now, Some(Running { run_id: None }), &[]);
+        let report = judge(
+            &Ok(None),
+            &Bound::MaxAge(DAY),
+            now,
+            Some(Running { run_id: None }),
+            &[],
+        );
         assert_eq!(report.status, "no_success");
         assert!(report.running.is_some());
 
-        let report = judge(&Err("permission denied".into()), DAY, now, None, &[]);
+        let report = judge(
+            &Err("permission denied".into()),
+            &Bound::MaxAge(DAY),
+            now,
+            None,
+            &[],
+        );
         assert_eq!(report.status, "error");
+    }
+
+    #[test]
+    fn a_schedule_leaves_the_weekend_fresh() {
+        let bound = Bound::Schedule {
+            schedule: "Mon..Fri *-*-* 22:30:00 UTC".parse().unwrap(),
+            grace: Duration::from_secs(2 * 3600),
+        };
+        // Friday's run finished at 22:31 (2026-12-04); Monday 2026-12-07 until its run is due.
+        let friday = Ok(Some(("fri".to_owned(), at("2026-12-04T22:31:00Z"))));
+        for now in [
+            "2026-12-05T12:00:00Z",
+            "2026-12-07T00:30:00Z",
+            "2026-12-08T00:29:59Z",
+        ] {
+            let report = judge(&friday, &bound, at(now), None, &[]);
+            assert_eq!(report.status, "ok", "{now}");
+            assert_eq!(report.max_age_seconds, None);
+        }
+        // Monday's run was due at 22:30 and has not succeeded two hours later.
+        let report = judge(&friday, &bound, at("2026-12-08T00:30:00Z"), None, &[]);
+        assert_eq!(report.status, "stale");
+        assert_eq!(report.due, Some(at("2026-12-07T22:30:00Z")));
+        assert!(report
+            .error
+            .unwrap()
+            .contains("the run due at 2026-12-07 22:30:00 UTC"));
+        // The same data under a 26-hour bound is stale all weekend.
+        let report = judge(
+            &friday,
+            &Bound::MaxAge(Duration::from_secs(93_600)),
+            at("2026-12-06T12:00:00Z"),
+            None,
+            &[],
+        );
+        assert_eq!(report.status, "stale");
     }
 
     #[test]
     fn a_clock_behind_the_record_is_not_stale() {
         let now = at("2026-11-29T12:00:00Z");
         let future = Ok(Some(("r1".to_owned(), at("2026-11-29T12:00:05Z"))));
-        assert_eq!(judge(&future, DAY, now, None, &[]).status, "ok");
+        assert_eq!(
+            judge(&future, &Bound::MaxAge(DAY), now, None, &[]).status,
+            "ok"
+        );
     }
 
     #[test]
@@ -189,7 +284,7 @@ mod tests {
 
         let now = at("2026-11-29T12:00:00Z");
         let ok = Ok(Some(("r1".to_owned(), at("2026-11-29T06:00:00Z"))));
-        let report = judge(&ok, DAY, now, None, &found);
+        let report = judge(&ok, &Bound::MaxAge(DAY), now, None, &found);
         assert_eq!(report.status, "alert");
         assert!(report.error.unwrap().contains("quantlens-backup.service"));
         assert_eq!(report.alerts.len(), 2);

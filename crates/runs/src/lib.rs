@@ -22,6 +22,7 @@
 pub mod credentials;
 pub mod exit;
 pub mod health;
+pub mod schedule;
 
 mod error;
 mod files;

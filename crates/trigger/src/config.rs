@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quantlens_runs::health::Bound;
+
 use crate::auth::Token;
 use crate::error::StartupError;
 
@@ -35,9 +37,11 @@ const KILL_GRACE: usize = 4;
 const MAX_AGE: usize = 5;
 const IDLE_EXIT: usize = 6;
 const TOKEN_FILE: usize = 7;
+const SCHEDULE: usize = 8;
+const SCHEDULE_GRACE: usize = 9;
 
 /// Every flag, in the order `--help` lists them; the constants above index it.
-const FLAGS: [Flag; 8] = [
+const FLAGS: [Flag; 10] = [
     Flag {
         name: "listen",
         env: "QUANTLENS_TRIGGER_LISTEN",
@@ -105,13 +109,32 @@ const FLAGS: [Flag; 8] = [
                this file's content without surrounding whitespace (e.g. a systemd credential). \
                See also QUANTLENS_TRIGGER_TOKEN below.",
     },
+    Flag {
+        name: "schedule",
+        env: "QUANTLENS_SCHEDULE",
+        value: "CALENDAR",
+        default: None,
+        help: "The materialisation timer's calendar, e.g. `Mon..Fri *-*-* 22:30:00 UTC` \
+               (weekdays, HH:MM[:SS], UTC). With it, GET /health follows the schedule instead \
+               of --max-age: 503 only when the latest scheduled run that started \
+               --schedule-grace ago has not succeeded, so the days without a run are not \
+               outages.",
+    },
+    Flag {
+        name: "schedule-grace",
+        env: "QUANTLENS_SCHEDULE_GRACE",
+        value: "SECONDS",
+        default: Some("7200"),
+        help: "With --schedule: how long a scheduled run may take to succeed.",
+    },
 ];
 
 const ABOUT: &str = "\
 quantlens-trigger: the QuantLens trigger daemon.
 
 A small HTTP service on a private port that starts `quantlens materialize` runs (POST /trigger)
-and reports on them (GET /runs, GET /runs/ID, GET /runs/ID/log, GET /health). One run at a time
+and reports on them (GET /runs, GET /runs/ID, GET /runs/ID/log, GET /health, and a status page
+at /). One run at a time
 per state directory, shared with the CLI and the timer through the run lock. Meant to be
 socket-activated by systemd and to exit when idle. The HTTP API is described in docs/http-api.md.
 
@@ -125,7 +148,9 @@ Environment:
   DATA_ROOT, LANDING_DIR,  Not read by the daemon; passed through to the worker.
   ASSETS_DIR
   PATH HOME LANG LC_* TZ TMPDIR RUST_LOG RUST_BACKTRACE AWS_* QUANTLENS_KEEP_RUNS
-  QUANTLENS_CACHE_DIR QUANTLENS_S3_CREDENTIALS
+  QUANTLENS_CACHE_DIR QUANTLENS_S3_CREDENTIALS QUANTLENS_REPORT QUANTLENS_MAX_AGE
+  QUANTLENS_SCHEDULE QUANTLENS_SCHEDULE_GRACE QUANTLENS_NOTIFY_WEBHOOK QUANTLENS_NOTIFY_SLACK
+  QUANTLENS_HEARTBEAT_URL QUANTLENS_NOTIFY_CREDENTIALS
   CREDENTIALS_DIRECTORY    Also passed through to the worker. Nothing else is: the worker starts
                            with a clean environment (no NOTIFY_SOCKET, LISTEN_*, token).
   LISTEN_FDS, LISTEN_PID   Socket activation: when LISTEN_PID is this process and LISTEN_FDS=1,
@@ -156,7 +181,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub run_timeout: Duration,
     pub kill_grace: Duration,
-    pub max_age: Duration,
+    /// How old the last success may be for GET /health: --max-age, or the --schedule.
+    pub bound: Bound,
     /// `None`: never exit for idleness.
     pub idle_exit: Option<Duration>,
     pub token: Option<Token>,
@@ -254,7 +280,15 @@ fn parse(
         state_dir,
         run_timeout: duration(RUN_TIMEOUT, true)?,
         kill_grace: duration(KILL_GRACE, false)?,
-        max_age: duration(MAX_AGE, true)?,
+        bound: match text(SCHEDULE)? {
+            None => Bound::MaxAge(duration(MAX_AGE, true)?),
+            Some((calendar, source)) => Bound::Schedule {
+                schedule: calendar
+                    .parse()
+                    .map_err(|e| usage(format!("{source}: {e}")))?,
+                grace: duration(SCHEDULE_GRACE, false)?,
+            },
+        },
         idle_exit: Some(duration(IDLE_EXIT, false)?).filter(|d| !d.is_zero()),
         token: Token::load(token_file.as_deref(), env(TOKEN_ENV))?,
     }))
@@ -380,7 +414,7 @@ mod tests {
         assert_eq!(c.state_dir, Path::new("./state"));
         assert_eq!(c.run_timeout, Duration::from_secs(7200));
         assert_eq!(c.kill_grace, Duration::from_secs(30));
-        assert_eq!(c.max_age, Duration::from_secs(26 * 3600));
+        assert!(matches!(c.bound, Bound::MaxAge(d) if d == Duration::from_secs(26 * 3600)));
         assert_eq!(c.idle_exit, None);
         assert!(c.token.is_none());
     }
@@ -400,6 +434,24 @@ mod tests {
         // An empty variable counts as unset, as systemd's `Environment=X=` intends.
         let c = config(&[], &[("QUANTLENS_RUN_TIMEOUT", "")]);
         assert_eq!(c.run_timeout, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn a_schedule_replaces_the_max_age() {
+        let c = config(
+            &[],
+            &[("QUANTLENS_SCHEDULE", "Mon..Fri *-*-* 22:30:00 UTC")],
+        );
+        let Bound::Schedule { schedule, grace } = c.bound else {
+            panic!("{:?}", c.bound)
+        };
+        assert_eq!(schedule.to_string(), "Mon..Fri *-*-* 22:30:00 UTC");
+        assert_eq!(grace, Duration::from_secs(7200));
+        let err = error(&["--schedule", "weekdays at ten"], &[]);
+        assert!(
+            err.contains("--schedule: `weekdays at ten` is not a schedule"),
+            "{err}"
+        );
     }
 
     #[test]

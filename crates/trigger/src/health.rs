@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use quantlens_runs::health::{judge, last_success, read_alerts, Report, Running, ALERTS_DIR};
+use quantlens_runs::health::{
+    judge, last_success, read_alerts, Bound, Report, Running, ALERTS_DIR,
+};
 use quantlens_runs::RunLock;
 
 use crate::supervise::Runner;
@@ -37,14 +39,14 @@ struct Observation {
 
 /// The health check and its cache.
 pub struct Health {
-    max_age: Duration,
+    bound: Bound,
     cache: Mutex<Option<Observation>>,
 }
 
 impl Health {
-    pub fn new(max_age: Duration) -> Health {
+    pub fn new(bound: Bound) -> Health {
         Health {
-            max_age,
+            bound,
             cache: Mutex::new(None),
         }
     }
@@ -61,7 +63,7 @@ impl Health {
         };
         let report = judge(
             &seen.last_success,
-            self.max_age,
+            &self.bound,
             Utc::now(),
             running,
             &seen.alerts,

@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     ));
     let app = App::new(
         Arc::clone(&runner),
-        Health::new(config.max_age),
+        Health::new(config.bound.clone()),
         config.token,
         Arc::clone(&activity),
     );

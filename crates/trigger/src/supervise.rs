@@ -54,6 +54,8 @@ const PASSED_VARS: &[&str] = &[
     // The status report a run refreshes, and the freshness bound its banner shows.
     "QUANTLENS_REPORT",
     "QUANTLENS_MAX_AGE",
+    "QUANTLENS_SCHEDULE",
+    "QUANTLENS_SCHEDULE_GRACE",
     // Object-storage keys for an s3:// DATA_ROOT: a file of KEY=VALUE lines, typically in the
     // systemd credentials directory (LoadCredential=), so they never sit in the environment.
     "QUANTLENS_S3_CREDENTIALS",
