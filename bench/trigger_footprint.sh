@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Footprint of the trigger daemon (quantlens-trigger): stripped release binary size, idle RSS,
 # RSS after 10,000 and 20,000 requests, after 1,000 loads of the status page and after a
-# 500-connection burst, and GET /health latency at a fixed 1,000 requests/s on loopback. Prints the numbers and the machine; docs/benchmarks.md records them. Nothing here
-# asserts a timing: this measures, it does not test.
+# 500-connection burst, and GET /health latency at a fixed 1,000 requests/s on loopback. Prints
+# the numbers and the machine; docs/benchmarks.md records them. Nothing here asserts a timing:
+# this measures, it does not test.
 #
-#   bench/trigger_footprint.sh            # build (release) into $CARGO_TARGET_DIR, then measure
+#   scripts/package-release "$(rustc -vV | sed -n 's/^host: //p')"   # the shipped artefact
+#   bench/trigger_footprint.sh [BINARY]   # default: dist/<host triple>/quantlens-trigger
+#
+# It measures the binary that ships (scripts/package-release builds the daemon in a cargo
+# invocation of its own; built together with the worker it is a third bigger), not a build of
+# its own; only the load generator is built here, into $CARGO_TARGET_DIR.
 #
 # Load goes only to 127.0.0.1, at a fixed rate for a bounded time (10 s per phase), from the
 # std-only generator crates/trigger/examples/trigger_load.rs (wrk measures throughput, not latency
@@ -19,9 +25,9 @@ RATE="${RATE:-1000}"
 SECONDS_PER_PHASE="${SECONDS_PER_PHASE:-10}"
 CONNECTIONS="${CONNECTIONS:-4}"
 
-cargo build --release --locked -p quantlens-trigger --bin quantlens-trigger --example trigger_load \
-  >&2
-BIN="$CARGO_TARGET_DIR/release/quantlens-trigger"
+BIN="${1:-dist/$(rustc -vV | sed -n 's/^host: //p')/quantlens-trigger}"
+[[ -x "$BIN" ]] || { echo "no $BIN: run scripts/package-release for this machine first" >&2; exit 2; }
+cargo build --release --locked -p quantlens-trigger --example trigger_load >&2
 LOAD="$CARGO_TARGET_DIR/release/examples/trigger_load"
 
 work="$(mktemp -d)"

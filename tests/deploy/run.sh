@@ -202,6 +202,7 @@ write_inventory() {
     # A snapshot, so a rebuild while the test runs cannot make the second converge differ.
     cp "$QUANTLENS_BIN" "$WORK/artifacts/quantlens"
     cp "$QUANTLENS_TRIGGER_BIN" "$WORK/artifacts/quantlens-trigger"
+    (cd "$WORK/artifacts" && sha256sum quantlens quantlens-trigger >SHA256SUMS)
     cat >"$WORK/inventory/hosts.yml" <<YAML
 quantlens:
   hosts:
@@ -234,12 +235,12 @@ BACKUP_DIR=/var/backups/quantlens
 # converge N: ansible-playbook site.yml into the root, run inside the VM's network namespace with
 # /proc mounted in the chroot (in a mount namespace of its own, so nothing leaks). Prints the recap.
 converge() {
-    local n=$1
+    local n=$1 vars=${2:-$WORK/vars.json}
     ip netns exec "$NS" unshare --mount --propagation private sh -c '
         mount -t proc proc "$1/proc" && shift && exec "$@"' sh "$ROOT" \
         env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 \
         ansible-playbook -i "$WORK/inventory/hosts.yml" "$REPO/ansible/site.yml" \
-        -e "@$WORK/vars.json" >"$WORK/converge$n.log" 2>&1
+        -e "@$vars" >"$WORK/converge$n.log" 2>&1
 }
 
 # in_vm_chroot CMD...: run CMD in the chroot, in the VM's network namespace, with /proc mounted.
@@ -977,6 +978,53 @@ assert len(unit) == 1 and "quantlens-materialize.service failed (result=timeout"
     step_end "notifications in the booted VM"
 }
 
+# ---- the architecture guard and the checksums -------------------------------------------------
+# The role must refuse a binary built for another machine, and binaries that do not match their
+# SHA256SUMS, before anything is installed: `current` keeps pointing at the converged release.
+wrong_binaries() {
+    local dir before releases
+    before=$(readlink "$ROOT/opt/quantlens/current")
+    releases=$(ls "$ROOT/opt/quantlens/releases" | wc -l)
+    step_start "deploy refuses wrong binaries"
+    dir="$WORK/artifacts-aarch64"
+    cp -r "$WORK/artifacts" "$dir"
+    # e_machine (ELF header bytes 18-19, little-endian) = 0x00B7: an aarch64 binary.
+    printf '\267\000' | dd of="$dir/quantlens" bs=1 seek=18 conv=notrunc status=none
+    (cd "$dir" && sha256sum quantlens quantlens-trigger >SHA256SUMS)
+    python3 -c 'import json, sys
+v = json.load(open(sys.argv[1])); v["quantlens_artifact_dir"] = sys.argv[3]
+json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-aarch64.json" "$dir"
+    if converge arch "$WORK/vars-aarch64.json"; then
+        fail "site.yml must refuse a worker built for aarch64 on an x86_64 host, but it succeeded"
+    elif grep -q "quantlens is built for aarch64, but testvm is x86_64: use the x86_64-unknown-linux-gnu build" "$WORK/convergearch.log"; then
+        pass "site.yml refuses a worker built for aarch64 on x86_64, naming the build to use"
+    else
+        fail "site.yml failed for another reason than the architecture"
+        tail -30 "$WORK/convergearch.log" | sed 's/^/    | /'
+    fi
+    grep -o "quantlens is built for aarch64[^\"]*" "$WORK/convergearch.log" | head -1 | sed 's/^/    /'
+
+    dir="$WORK/artifacts-mismatch"
+    cp -r "$WORK/artifacts" "$dir"
+    sed -i '1s/^[0-9a-f]*/0000000000000000000000000000000000000000000000000000000000000000/' "$dir/SHA256SUMS"
+    python3 -c 'import json, sys
+v = json.load(open(sys.argv[1])); v["quantlens_artifact_dir"] = sys.argv[3]
+json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-mismatch.json" "$dir"
+    if converge sums "$WORK/vars-mismatch.json"; then
+        fail "site.yml must refuse binaries that do not match their SHA256SUMS, but it succeeded"
+    elif grep -q "does not match its line in SHA256SUMS" "$WORK/convergesums.log"; then
+        pass "site.yml refuses binaries that do not match their SHA256SUMS"
+    else
+        fail "site.yml failed for another reason than the checksum"
+        tail -30 "$WORK/convergesums.log" | sed 's/^/    | /'
+    fi
+    check "nothing was installed: current still points at $before" \
+        test "$(readlink "$ROOT/opt/quantlens/current")" = "$before"
+    check "... and no release directory was added" \
+        test "$(ls "$ROOT/opt/quantlens/releases" | wc -l)" = "$releases"
+    step_end "deploy refuses wrong binaries"
+}
+
 main() {
     T_START=$(date +%s)
     install_tools
@@ -990,6 +1038,7 @@ main() {
         done
         prepare_root
         if converge_twice; then
+            wrong_binaries
             firewall_connectivity
             verify_converged
             if ! ${NO_BOOT:-false} && boot_and_check; then
