@@ -225,3 +225,40 @@ def test_a_failed_backup_is_told_once(lake, receiver, tmp_path):
     assert payload["event"] == "backup_failed" and payload["run_id"] is None
     assert payload["error"] and payload["error"] in result.stderr
     assert len(receiver.to("/hc/b/fail")) == 1
+
+
+def test_stale_data_is_told_once_per_episode(lake, receiver):
+    """`quantlens health --notify` (the hourly quantlens-health.timer): stale data told once per
+    episode, the episode being the last success; a newer success ends it; an undelivered
+    notification is not remembered, so the next check tries again."""
+    small_lake(lake)
+    lake.run("materialize", "--run-id", "fresh-1")
+    hook = dict(QUANTLENS_NOTIFY_WEBHOOK=f"{receiver.url}/hook")
+    marker = lake.state / "stale-notified.json"
+
+    fresh = lake.run("health", "--notify", **hook)
+    assert fresh.stdout.startswith("ok: last success: run fresh-1 finished"), fresh.stdout
+    assert receiver.requests == []
+
+    time.sleep(1.5)  # older than a one-second bound from here on
+    dead = dict(QUANTLENS_NOTIFY_WEBHOOK=f"http://127.0.0.1:{closed_port()}/hook")
+    lake.run("health", "--notify", "--max-age", "1", expect=1, **dead)
+    assert not marker.exists(), "an undelivered notification must be tried again"
+    for _ in range(3):
+        stale = lake.run("health", "--notify", "--max-age", "1", expect=1, **hook)
+    assert stale.stdout.startswith("stale: the last successful run finished"), stale.stdout
+    assert "already told for this episode" in stale.stderr
+    [told] = receiver.to("/hook")
+    payload = json.loads(told["body"])
+    assert payload["event"] == "data_stale" and payload["run_id"] == "fresh-1"
+    assert "more than the 1 s allowed" in payload["error"]
+    verdict = json.loads(lake.run("health", "--json", "--max-age", "1", expect=1).stdout)
+    assert verdict["status"] == "stale" and verdict["last_success"]["run_id"] == "fresh-1"
+
+    lake.run("materialize", "--run-id", "fresh-2")
+    lake.run("health", "--notify", **hook)
+    assert not marker.exists(), "fresh data ends the episode"
+    time.sleep(1.5)
+    lake.run("health", "--notify", "--max-age", "1", expect=1, **hook)
+    told = receiver.to("/hook")
+    assert len(told) == 2 and json.loads(told[1]["body"])["run_id"] == "fresh-2"

@@ -16,31 +16,38 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def s3(tmp_path):
+def start_moto(log):
+    """moto's S3-compatible server on a free loopback port, its request log in `log`."""
     port = free_port()
-    server = subprocess.Popen(
-        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=open(tmp_path / "moto.log", "w"), stderr=subprocess.STDOUT,
-    )
+    server = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while True:
         try:
             urllib.request.urlopen(endpoint, timeout=1)
-            break
+            return server, endpoint
         except OSError:
             if time.time() > deadline or server.poll() is not None:
                 server.kill()
-                raise AssertionError("moto_server did not start:\n" + (tmp_path / "moto.log").read_text())
+                raise AssertionError("moto_server did not start:\n" + log.read_text())
             time.sleep(0.1)
+
+
+def create_bucket(endpoint, bucket):
+    request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
+    urllib.request.urlopen(request, timeout=5)
+
+
+@pytest.fixture
+def s3(tmp_path):
+    server, endpoint = start_moto(tmp_path / "moto.log")
     env = {
         "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "QUANTLENS_CACHE_DIR": str(tmp_path / "cache"),
     }
-    request = urllib.request.Request(f"{endpoint}/quantlens-test", method="PUT")
-    urllib.request.urlopen(request, timeout=5)  # create the bucket
+    create_bucket(endpoint, "quantlens-test")
     yield env
     server.terminate()
     server.wait(timeout=10)
@@ -158,10 +165,18 @@ def test_backup_wipe_restore_and_incremental_backups(lake, s3):
     assert first["tables"] == len(TABLES)
     assert first["files_copied"] == first["files"] > 0
 
+    # The VM is lost: its tables and its state directory. The manifest carries the run records,
+    # so the restored platform knows its last success and is healthy, not "no_success".
+    [last_run] = lake.runs()
     for key in TABLES:
         shutil.rmtree(lake.data / key.split("/")[0], ignore_errors=True)
-    lake.run("restore", "--from", BACKUPS, **s3)
+    shutil.rmtree(lake.state)
+    restored = lake.run("restore", "--from", BACKUPS, **s3)
+    assert "restored 1 run records" in restored.stdout
     assert_same(before, snapshot(lake))
+    assert lake.runs() == [last_run]
+    health = json.loads(lake.run("health", "--json", **s3).stdout)
+    assert health["status"] == "ok" and health["last_success"]["run_id"] == last_run["run_id"]
     out = lake.run("restore", "--from", BACKUPS, expect=1, **s3)
     assert "--force" in out.stderr
     lake.run("restore", "--from", BACKUPS, "--force", **s3)
@@ -237,3 +252,55 @@ def test_an_unreachable_backup_store_fails_clearly_without_a_manifest(lake, s3):
     assert time.time() - started < 90
     assert "127.0.0.1:9" in out.stderr or "connect" in out.stderr.lower()
     assert json.loads(lake.run("backup", "list", "--to", BACKUPS, "--json", **s3).stdout) == []
+
+
+def test_a_backup_target_with_keys_of_its_own_that_need_no_delete(lake, s3, tmp_path):
+    """QUANTLENS_BACKUP_CREDENTIALS: the backup target's own settings, apart from the lake's. The
+    lake is on one S3 server (its keys in the environment), the backups on another, named only in
+    the backup credential file: each goes where its settings say. And the backup key needs no
+    delete permission: without a retention, backups and restores send no DELETE request (read
+    from the backup server's request log), while --keep does (the control).
+
+    (moto's IAM mode cannot check the permissions themselves: with INITIAL_NO_AUTH_ACTION_COUNT
+    set it rejects list requests with SignatureDoesNotMatch, getmoto/moto#5948.)"""
+    backups_log = tmp_path / "moto-backups.log"
+    server, endpoint = start_moto(backups_log)
+    try:
+        create_bucket(endpoint, "quantlens-backups")
+        env = dict(s3, DATA_ROOT="s3://quantlens-test/lake", LANDING_DIR=str(tmp_path / "landing"))
+        credential = tmp_path / "backup-s3.env"
+        credential.write_text(f"# the backup account\nAWS_ENDPOINT_URL={endpoint}\n"
+                              "AWS_ACCESS_KEY_ID=backup-writer\nAWS_SECRET_ACCESS_KEY=never-deletes\n")
+        to = "s3://quantlens-backups/daily"
+        lake.run("demo", "--symbols", "3", "--days", "20", **env)
+        lake.run("materialize", **env)
+
+        # Without the file the backup goes to the lake's server, which has no such bucket.
+        lost = lake.run("backup", "--to", to, expect=1, **env)
+        assert "NoSuchBucket" in lost.stderr or "does not exist" in lost.stderr, lost.stderr
+
+        env["QUANTLENS_BACKUP_CREDENTIALS"] = str(credential)
+        first = json.loads(lake.run("backup", "--to", to, "--json", **env).stdout)
+        lake.run("demo", "--symbols", "3", "--days", "21", **env)
+        lake.run("materialize", **env)
+        second = json.loads(lake.run("backup", "--to", to, "--json", **env).stdout)
+        assert first["files_copied"] > 0 and 0 < second["files_copied"] < second["files"]
+        restored = dict(env, DATA_ROOT=str(tmp_path / "restored"))
+        lake.run("restore", "--from", to, **restored)
+
+        def tables(e):
+            return {(t["table"], t["version"], t["rows"])
+                    for t in json.loads(lake.run("assets", "--json", **e).stdout)}
+        assert tables(restored) == tables(env)
+        def deletes():  # DELETE of one object, or POST ?delete (DeleteObjects) of many
+            return [line for line in backups_log.read_text().splitlines()
+                    if '"DELETE ' in line or '?delete ' in line]
+        assert '"PUT /quantlens-backups/daily/manifests/' in backups_log.read_text(), \
+            "the backups went to their own server"
+        assert deletes() == [], "backup and restore never delete: a key without delete suffices"
+
+        kept = json.loads(lake.run("backup", "--to", to, "--keep", "1", "--json", **env).stdout)
+        assert kept["manifests_deleted"] == 2 and deletes()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

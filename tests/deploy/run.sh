@@ -21,8 +21,11 @@
 #  3. Converge site.yml for real into a debootstrap'd Debian 12 root through the chroot
 #     connection, inside a network namespace of its own (UFW is really enabled there, never on
 #     this machine's network); UFW is then tested with real connections from two other
-#     namespaces (frontend allowed, anyone else dropped, SSH open). A second converge must report
-#     changed=0.
+#     namespaces (frontend allowed, anyone else dropped, SSH from the admin network only). A
+#     second converge must report changed=0. The token is vaulted (ansible-vault encrypt_string).
+#     Safe defaults (safe_defaults.sh): an unsafe inventory is refused before any change, listing
+#     every problem; a symbolic link the service user plants in its directories is refused, not
+#     followed, and the run lock is never opened by root.
 #  4. verify --root on the converged root (installed units + the role's drop-ins, real binaries).
 #  5. Boot that root with systemd-nspawn (systemd as PID 1, private network) and check inside:
 #     socket listening and daemon not running; POST /trigger (bearer token) starts the daemon and
@@ -43,6 +46,9 @@
 #     object-storage keys reach exactly the units that need them (LoadCredential drop-ins, never in
 #     the environment file or a unit), and the daemon's worker, the timer's run, the maintenance
 #     and the backup all work on the s3:// lake.
+#  9. Disaster recovery from nothing (dr_from_nothing.sh): the VM backs up to s3:// and is shut
+#     down; a blank root is booted and dr.yml restores it; lake, health, timers and a first run
+#     are checked and each step timed.
 # Without --keep the work directory (/var/tmp/quantlens-deploy.*) is removed at the end.
 # The last line is "deploy: N passed, M failed"; the exit status is non-zero on any failure.
 set -euo pipefail
@@ -52,6 +58,12 @@ REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/lib.sh"
 # shellcheck source=check_units.sh
 . "$HERE/check_units.sh"
+# shellcheck source=safe_defaults.sh
+. "$HERE/safe_defaults.sh"
+# shellcheck source=binaries.sh
+. "$HERE/binaries.sh"
+# shellcheck source=dr_from_nothing.sh
+. "$HERE/dr_from_nothing.sh"
 
 STATIC_ONLY=false
 KEEP=false
@@ -99,12 +111,7 @@ cleanup() {
         kill "$MOTO_PID" 2>/dev/null
         wait "$MOTO_PID" 2>/dev/null
     fi
-    if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
-        kill -TERM "$NSPAWN_PID" 2>/dev/null   # nspawn turns SIGTERM into a clean container shutdown
-        for _ in $(seq 1 30); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 1; done
-        kill -KILL "$NSPAWN_PID" 2>/dev/null
-        wait "$NSPAWN_PID" 2>/dev/null
-    fi
+    stop_vm
     for pid in $LISTENER_PIDS; do kill "$pid" 2>/dev/null; done
     for ns in "$NS" "$NS_FE" "$NS_X"; do
         ip netns delete "$ns" 2>/dev/null
@@ -177,6 +184,7 @@ prepare_root() {
         "$REPO/ansible/roles/base/defaults/main.yml")
     key=$(printf '%s %s %s' "$SUITE" "$packages" "$(dpkg --print-architecture)" | sha256sum | cut -c1-12)
     tarball="$CACHE/debootstrap-$SUITE-$(dpkg --print-architecture)-$key.tar.zst"
+    ROOT_TARBALL=$tarball
     mkdir -p "$ROOT"
     if [ -f "$tarball" ]; then
         step_start "provision: extract cached root"
@@ -211,14 +219,22 @@ quantlens:
       ansible_host: $ROOT
       ansible_become: false
 YAML
-    # Extra vars as JSON: real booleans and numbers (ansible-core 2.19 conditionals).
+    # The token is vaulted the way docs/operations.md says (ansible-vault encrypt_string into the
+    # group's variables; every play gets --vault-password-file).
     TOKEN="deploy-test-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$WORK/vault-pass"
+    printf '%s' "$TOKEN" | ansible-vault encrypt_string --vault-password-file "$WORK/vault-pass" \
+        --stdin-name vault_quantlens_trigger_token >"$WORK/inventory/group_vars/quantlens.yml"
+    # Extra vars as JSON: real booleans and numbers (ansible-core 2.19 conditionals).
     cat >"$WORK/vars.json" <<JSON
 {
   "quantlens_artifact_dir": "$WORK/artifacts",
   "quantlens_trigger_listen": "127.0.0.1",
   "quantlens_trigger_allow_from": ["10.213.1.2"],
-  "quantlens_trigger_token": "$TOKEN",
+  "quantlens_trigger_token": "{{ vault_quantlens_trigger_token }}",
+  "quantlens_admin_cidrs": ["10.213.1.0/24"],
+  "quantlens_admin_users": ["admin"],
+  "quantlens_allow_no_heartbeat": true,
   "quantlens_idle_exit": 5,
   "quantlens_schedule": "Mon..Fri *-*-* 21:45:00 UTC",
   "base_apt_update_cache": false,
@@ -232,15 +248,17 @@ JSON
 # is what makes it writable.
 BACKUP_DIR=/var/backups/quantlens
 
-# converge N: ansible-playbook site.yml into the root, run inside the VM's network namespace with
-# /proc mounted in the chroot (in a mount namespace of its own, so nothing leaks). Prints the recap.
+# converge N [VARS [ARGS...]]: ansible-playbook site.yml into the root (output in convergeN.log),
+# run inside the VM's network namespace with /proc mounted in the chroot (in a mount namespace of
+# its own, so nothing leaks), with the extra variables of VARS (default vars.json) and ARGS.
 converge() {
     local n=$1 vars=${2:-$WORK/vars.json}
+    shift $(($# < 2 ? $# : 2))
     ip netns exec "$NS" unshare --mount --propagation private sh -c '
         mount -t proc proc "$1/proc" && shift && exec "$@"' sh "$ROOT" \
         env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i "$WORK/inventory/hosts.yml" "$REPO/ansible/site.yml" \
-        -e "@$vars" >"$WORK/converge$n.log" 2>&1
+        ansible-playbook -i "$WORK/inventory/hosts.yml" --vault-password-file "$WORK/vault-pass" \
+        "$REPO/ansible/site.yml" -e "@$vars" "$@" >"$WORK/converge$n.log" 2>&1
 }
 
 # in_vm_chroot CMD...: run CMD in the chroot, in the VM's network namespace, with /proc mounted.
@@ -325,7 +343,8 @@ socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).recv(16)' "
         bash -c "in_vm_chroot ufw status verbose | grep -q '^Status: active'"
     check "frontend (10.213.1.2) reaches the trigger port 8787" connect "$NS_FE" 10.213.1.1 8787
     check_fails "another host (10.213.2.2) cannot reach the trigger port 8787" connect "$NS_X" 10.213.2.1 8787
-    check "another host (10.213.2.2) reaches SSH (22)" connect "$NS_X" 10.213.2.1 22
+    check "the frontend (10.213.1.2, in quantlens_admin_cidrs) reaches SSH (22)" connect "$NS_FE" 10.213.1.1 22
+    check_fails "another host (10.213.2.2, not in quantlens_admin_cidrs) cannot reach SSH (22)" connect "$NS_X" 10.213.2.1 22
     check_fails "the frontend cannot reach an unlisted port (9000)" connect "$NS_FE" 10.213.1.1 9000
     check "the VM's namespace holds UFW's chains (iptables-save sees them)" \
         bash -c "in_vm_chroot iptables-save | grep -q ':ufw-user-input'"
@@ -387,7 +406,8 @@ wait_for() {
 # with the extra variables of the JSON file VARS, its output in LOG.
 play_live() {
     env ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i "$WORK/inventory/live.yml" "$REPO/ansible/$1" -e "@$2" >"$3" 2>&1
+        ansible-playbook -i "$WORK/inventory/live.yml" --vault-password-file "$WORK/vault-pass" \
+        "$REPO/ansible/$1" -e "@$2" >"$3" 2>&1
 }
 STATE=/var/lib/quantlens/state
 DATA=/var/lib/quantlens/data
@@ -455,13 +475,14 @@ print(len(b), "backups; newest:", b[-1]["backup_id"] if b else "-", len(b[-1]["t
 sys.exit(0 if len(b) == int(sys.argv[1]) and len(b[-1]["tables"]) == int(sys.argv[2]) else 1)' "$1" "$tables"
 }
 
-boot_and_check() {
-    local out status run_id first_invocation second_invocation t0 newest pid
-    step_start "boot: systemd-nspawn until systemd is running"
+# boot_vm DIR LOG NETWORK_ARG: boot the root DIR with systemd-nspawn (systemd as PID 1) and
+# wait until systemd is running; sets NSPAWN_PID and LEADER (what ct enters).
+boot_vm() {
+    local dir=$1 log=$2 network=$3 pid
     # bpf() is allowed so that systemd in the container can attach IPAddressDeny= filters.
-    systemd-nspawn -D "$ROOT" --machine="quantlens-test-$$" --register=no --keep-unit \
-        --private-network --system-call-filter=bpf -b --console=pipe \
-        </dev/null >"$WORK/boot.log" 2>&1 &
+    systemd-nspawn -D "$dir" --machine="quantlens-test-$$" --register=no --keep-unit \
+        "$network" --system-call-filter=bpf -b --console=pipe \
+        </dev/null >"$log" 2>&1 &
     NSPAWN_PID=$!
     # The container's init: the child of systemd-nspawn that is PID 1 in its own PID namespace
     # (nspawn forks short-lived helpers first, so the first child is not necessarily it).
@@ -478,13 +499,31 @@ boot_and_check() {
         sleep 0.1
     done
     if [ -z "$LEADER" ] || ! wait_for 120 ct systemctl is-system-running --wait; then
-        fail "the converged root boots with systemd-nspawn ($(ct systemctl is-system-running 2>&1))"
+        fail "$dir boots with systemd-nspawn ($(ct systemctl is-system-running 2>&1))"
         ct systemctl --failed --no-pager 2>&1 | sed 's/^/    | /'
-        tail -30 "$WORK/boot.log" | sed 's/^/    | /'
+        tail -30 "$log" | sed 's/^/    | /'
+        return 1
+    fi
+    pass "$dir boots with systemd-nspawn: systemctl is-system-running = running"
+}
+
+# stop_vm: a clean shutdown of the booted VM (nspawn turns SIGTERM into one), killed after 30 s.
+stop_vm() {
+    [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null || return 0
+    kill -TERM "$NSPAWN_PID" 2>/dev/null
+    for _ in $(seq 1 30); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$NSPAWN_PID" 2>/dev/null
+    wait "$NSPAWN_PID" 2>/dev/null
+    NSPAWN_PID=""
+}
+
+boot_and_check() {
+    local out status run_id first_invocation second_invocation t0 newest pid
+    step_start "boot: systemd-nspawn until systemd is running"
+    if ! boot_vm "$ROOT" "$WORK/boot.log" --private-network; then
         step_end "boot: systemd-nspawn until systemd is running"
         return 1
     fi
-    pass "the converged root boots with systemd-nspawn: systemctl is-system-running = running"
     step_end "boot: systemd-nspawn until systemd is running"
 
     step_start "checks in the booted VM"
@@ -701,8 +740,9 @@ backup_maintain_restore() {
 # units started, handlers restart through the run lock). The new version is a new release name
 # for the same build; quantlens_keep_releases=1 makes the role prune the old release, and one more
 # frontend address changes the socket's allow-list (and UFW).
-deploy_live() {
-    local exe="$WORK/nsenter-exec" out pid
+# write_live_inventory: inventory/live.yml, whose chroot connection enters the booted VM (LEADER).
+write_live_inventory() {
+    local exe="$WORK/nsenter-exec"
     cat >"$exe" <<SH
 #!/bin/sh
 # Called by the chroot connection as: nsenter-exec ROOT /bin/sh -c CMD
@@ -712,6 +752,11 @@ SH
     chmod 755 "$exe"
     sed "s|ansible_become: false|ansible_become: false\n      ansible_chroot_exe: $exe|" \
         "$WORK/inventory/hosts.yml" >"$WORK/inventory/live.yml"
+}
+
+deploy_live() {
+    local out pid
+    write_live_inventory
     python3 -c 'import json, sys
 v = json.load(open(sys.argv[1])); v.update(quantlens_release="deploy-test-v2", quantlens_keep_releases=1)
 v["quantlens_assets_src"] = sys.argv[3]
@@ -978,53 +1023,6 @@ assert len(unit) == 1 and "quantlens-materialize.service failed (result=timeout"
     step_end "notifications in the booted VM"
 }
 
-# ---- the architecture guard and the checksums -------------------------------------------------
-# The role must refuse a binary built for another machine, and binaries that do not match their
-# SHA256SUMS, before anything is installed: `current` keeps pointing at the converged release.
-wrong_binaries() {
-    local dir before releases
-    before=$(readlink "$ROOT/opt/quantlens/current")
-    releases=$(ls "$ROOT/opt/quantlens/releases" | wc -l)
-    step_start "deploy refuses wrong binaries"
-    dir="$WORK/artifacts-aarch64"
-    cp -r "$WORK/artifacts" "$dir"
-    # e_machine (ELF header bytes 18-19, little-endian) = 0x00B7: an aarch64 binary.
-    printf '\267\000' | dd of="$dir/quantlens" bs=1 seek=18 conv=notrunc status=none
-    (cd "$dir" && sha256sum quantlens quantlens-trigger >SHA256SUMS)
-    python3 -c 'import json, sys
-v = json.load(open(sys.argv[1])); v["quantlens_artifact_dir"] = sys.argv[3]
-json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-aarch64.json" "$dir"
-    if converge arch "$WORK/vars-aarch64.json"; then
-        fail "site.yml must refuse a worker built for aarch64 on an x86_64 host, but it succeeded"
-    elif grep -q "quantlens is built for aarch64, but testvm is x86_64: use the x86_64-unknown-linux-gnu build" "$WORK/convergearch.log"; then
-        pass "site.yml refuses a worker built for aarch64 on x86_64, naming the build to use"
-    else
-        fail "site.yml failed for another reason than the architecture"
-        tail -30 "$WORK/convergearch.log" | sed 's/^/    | /'
-    fi
-    grep -o "quantlens is built for aarch64[^\"]*" "$WORK/convergearch.log" | head -1 | sed 's/^/    /'
-
-    dir="$WORK/artifacts-mismatch"
-    cp -r "$WORK/artifacts" "$dir"
-    sed -i '1s/^[0-9a-f]*/0000000000000000000000000000000000000000000000000000000000000000/' "$dir/SHA256SUMS"
-    python3 -c 'import json, sys
-v = json.load(open(sys.argv[1])); v["quantlens_artifact_dir"] = sys.argv[3]
-json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars.json" "$WORK/vars-mismatch.json" "$dir"
-    if converge sums "$WORK/vars-mismatch.json"; then
-        fail "site.yml must refuse binaries that do not match their SHA256SUMS, but it succeeded"
-    elif grep -q "does not match its line in SHA256SUMS" "$WORK/convergesums.log"; then
-        pass "site.yml refuses binaries that do not match their SHA256SUMS"
-    else
-        fail "site.yml failed for another reason than the checksum"
-        tail -30 "$WORK/convergesums.log" | sed 's/^/    | /'
-    fi
-    check "nothing was installed: current still points at $before" \
-        test "$(readlink "$ROOT/opt/quantlens/current")" = "$before"
-    check "... and no release directory was added" \
-        test "$(ls "$ROOT/opt/quantlens/releases" | wc -l)" = "$releases"
-    step_end "deploy refuses wrong binaries"
-}
-
 main() {
     T_START=$(date +%s)
     install_tools
@@ -1039,13 +1037,17 @@ main() {
         prepare_root
         if converge_twice; then
             wrong_binaries
+            release_from_url
+            unsafe_inventory_refused
+            planted_links_refused
             firewall_connectivity
             verify_converged
             if ! ${NO_BOOT:-false} && boot_and_check; then
                 backup_maintain_restore || true
+                hardening_in_vm || true
                 if deploy_live; then
                     notifications_in_vm || true
-                    eject_to_object_storage || true
+                    eject_to_object_storage && dr_from_nothing || true
                 fi
             fi
         fi

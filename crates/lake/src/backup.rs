@@ -10,6 +10,8 @@
 //! a backup killed midway leaves no manifest, and every earlier backup stays complete. Each
 //! manifest lists, per table, the log up to the backed-up version and the data files live at that
 //! version, with sizes and SHA-256 checksums; `verify` rereads them and `restore` checks them.
+//! A manifest also carries the caller's newest run records, opaque here, so that a VM restored
+//! from nothing knows its last successful run (its health is not a false alarm) and its history.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -43,6 +45,9 @@ pub struct Manifest {
     pub created_at: DateTime<Utc>,
     pub source: String,
     pub tables: Vec<ManifestTable>,
+    /// The newest run records when the backup was taken (empty in older manifests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_records: Vec<serde_json::Value>,
 }
 
 impl Manifest {
@@ -151,11 +156,13 @@ pub async fn find(backup: &FileStore, id: Option<&str>) -> Result<Manifest, Lake
     }
 }
 
-/// Backs up `tables` of `lake` into `backup`, copying only files not already there, then keeps
-/// the newest `keep` backups (if given) and deletes files no kept manifest needs.
+/// Backs up `tables` of `lake` into `backup` with `run_records` in the manifest, copying only
+/// files not already there, then keeps the newest `keep` backups (if given) and deletes files no
+/// kept manifest needs.
 pub async fn backup(
     lake: &Lake,
     tables: &[String],
+    run_records: Vec<serde_json::Value>,
     backup: &FileStore,
     keep: Option<usize>,
 ) -> Result<BackupReport, LakeError> {
@@ -220,6 +227,7 @@ pub async fn backup(
         created_at,
         source: lake.root().to_string(),
         tables: manifest_tables,
+        run_records,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
     backup

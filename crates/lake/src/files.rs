@@ -1,6 +1,7 @@
 //! Plain files under a directory URL: the landing zone that market-data deliveries arrive in, read
 //! and written through object_store so LANDING_DIR can be local or remote alike.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake::{ObjectStore, Path};
@@ -30,6 +31,15 @@ pub struct FileStore {
 impl FileStore {
     /// Opens the directory at `location` (a path or URL; local directories are created).
     pub fn open(location: &str) -> Result<FileStore, LakeError> {
+        FileStore::open_with(location, &HashMap::new())
+    }
+
+    /// Like [`FileStore::open`], with S3 settings (`AWS_*` keys) that override the environment's
+    /// and the credentials file's for this location only: a backup target in another account.
+    pub fn open_with(
+        location: &str,
+        s3_options: &HashMap<String, String>,
+    ) -> Result<FileStore, LakeError> {
         let url = resolve_root(location)?;
         let store_error = |source| LakeError::Store {
             url: url.to_string(),
@@ -38,7 +48,7 @@ impl FileStore {
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = if url.scheme() == "s3" {
             let prefix = Path::from_url_path(url.path()).map_err(|e| store_error(e.into()))?;
             (
-                Arc::new(crate::storage::s3_store(&url, &Default::default())?),
+                Arc::new(crate::storage::s3_store(&url, s3_options)?),
                 prefix,
             )
         } else {

@@ -1,11 +1,16 @@
 //! `quantlens backup` and `quantlens restore`: the lake to and from a backup location (usually
-//! `s3://bucket/prefix`), incrementally, with manifests; see `quantlens_lake::backup`.
+//! `s3://bucket/prefix`), incrementally, with manifests; see `quantlens_lake::backup`. Each
+//! manifest also carries the newest run records (the last success always among them), which a
+//! restore puts back where the state directory lacks them: a VM rebuilt from nothing then judges
+//! its freshness from the last real run instead of reporting that nothing ever succeeded.
 
-use anyhow::anyhow;
+use std::collections::HashMap;
+
+use anyhow::{anyhow, Context as _};
 use clap::{Args, Subcommand};
 use quantlens_lake::backup::{self, Manifest};
 use quantlens_lake::{FileStore, Lake};
-use quantlens_runs::{exit, RunId, StateDir};
+use quantlens_runs::{exit, RunId, RunRecord, StateDir};
 
 use crate::output::print_table;
 use crate::{fail, take_run_lock, Failure, Locations};
@@ -54,11 +59,32 @@ pub struct RestoreArgs {
     force: bool,
 }
 
+/// A file of `KEY=VALUE` lines (`AWS_ACCESS_KEY_ID`, ...) for the backup location only, when it
+/// belongs to another account than the lake: e.g. a key that may add backups but not delete them.
+/// Its settings override the lake's (environment and QUANTLENS_S3_CREDENTIALS) for the backup.
+const BACKUP_CREDENTIALS_ENV: &str = "QUANTLENS_BACKUP_CREDENTIALS";
+
 fn location(to: &Option<String>) -> Result<FileStore, Failure> {
     let to = to
         .as_deref()
         .ok_or_else(|| anyhow!("no backup location: pass --to URL or set QUANTLENS_BACKUP_TO"))?;
-    Ok(FileStore::open(to)?)
+    open_backup_store(to)
+}
+
+fn open_backup_store(url: &str) -> Result<FileStore, Failure> {
+    let options = match std::env::var_os(BACKUP_CREDENTIALS_ENV) {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "reading the backup credentials {} (named by {BACKUP_CREDENTIALS_ENV})",
+                    path.to_string_lossy()
+                )
+            })?;
+            quantlens_runs::credentials::key_values(&text).collect()
+        }
+        None => HashMap::new(),
+    };
+    Ok(FileStore::open_with(url, &options)?)
 }
 
 pub async fn run(locations: &Locations, args: BackupArgs) -> Result<i32, Failure> {
@@ -125,7 +151,7 @@ fn print_manifests(manifests: &[Manifest]) {
 }
 
 pub async fn restore(locations: &Locations, args: RestoreArgs) -> Result<i32, Failure> {
-    let store = FileStore::open(&args.from)?;
+    let store = open_backup_store(&args.from)?;
     let lake = Lake::open(args.to.as_deref().unwrap_or(&locations.data_root))?;
     let manifest = backup::find(&store, args.backup.as_deref()).await?;
     // No materialisation may write while the tables are being replaced.
@@ -136,6 +162,13 @@ pub async fn restore(locations: &Locations, args: RestoreArgs) -> Result<i32, Fa
         .map_err(|e| fail(exit::FAILED, e.into()))?;
     for (key, version) in &restored {
         println!("restored {key} at version {version}");
+    }
+    // The tables are back whatever happens here: a record that cannot be written only costs
+    // /health its memory of the last success until the next run.
+    match restore_run_records(&StateDir::new(&locations.state_dir), &manifest) {
+        Ok(0) => {}
+        Ok(count) => println!("restored {count} run records"),
+        Err(err) => eprintln!("warning: run records not restored: {err:#}"),
     }
     println!(
         "backup {} restored into {}",
@@ -150,7 +183,8 @@ async fn back_up(locations: &Locations, args: &BackupArgs) -> Result<i32, Failur
     let store = location(&args.to)?;
     let lake = locations.lake()?;
     let tables = locations.tables()?;
-    let report = backup::backup(&lake, &tables, &store, args.keep)
+    let records = run_records(&StateDir::new(&locations.state_dir))?;
+    let report = backup::backup(&lake, &tables, records, &store, args.keep)
         .await
         .map_err(|e| fail(exit::FAILED, e.into()))?;
     if args.json {
@@ -170,4 +204,35 @@ async fn back_up(locations: &Locations, args: &BackupArgs) -> Result<i32, Failur
         );
     }
     Ok(exit::SUCCEEDED)
+}
+
+/// How many of the newest run records a backup carries, besides the last success.
+const RUN_RECORDS_IN_BACKUP: usize = 50;
+
+/// The newest run records of `state`, and its last success if it is older than those.
+fn run_records(state: &StateDir) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut records = state.list_runs(RUN_RECORDS_IN_BACKUP)?;
+    if let Some(last) = state.last_success()? {
+        if !records.iter().any(|r| r.run_id == last.run_id) {
+            records.push(last);
+        }
+    }
+    Ok(records
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?)
+}
+
+/// Writes the manifest's run records that `state` does not hold; returns how many.
+fn restore_run_records(state: &StateDir, manifest: &Manifest) -> anyhow::Result<usize> {
+    let mut written = 0;
+    for value in &manifest.run_records {
+        let record: RunRecord = serde_json::from_value(value.clone())?;
+        let files = state.run_files(&record.run_id);
+        if !files.record_path().exists() {
+            files.write_record(&record)?;
+            written += 1;
+        }
+    }
+    Ok(written)
 }

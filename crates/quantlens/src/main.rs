@@ -5,6 +5,7 @@
 
 mod backup;
 mod catalog;
+mod health;
 mod inspect;
 mod maintain;
 mod materialize;
@@ -210,6 +211,9 @@ enum Command {
     Notify(notify::NotifyArgs),
     /// Compact small files, write checkpoints and vacuum old files, for every table.
     Maintain(maintain::MaintainArgs),
+    /// Whether the data is fresh, judged as GET /health judges it (exit 0 healthy, 1 not);
+    /// with --notify, tell the notification channels about stale data, once per episode.
+    Health(health::HealthArgs),
 }
 
 #[derive(Subcommand)]
@@ -358,6 +362,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Backup(args) => backup::run(&locations, args).await,
         Command::Restore(args) => backup::restore(&locations, args).await,
         Command::Maintain(args) => maintain::run(&locations, args).await,
+        Command::Health(args) => health::run(&locations, args).await,
         Command::Report(args) => report::run(&locations, args).await,
         Command::Notify(args) => notify::run(args).await,
     }

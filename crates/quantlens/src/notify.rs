@@ -101,7 +101,7 @@ pub async fn backup_failed(error: &anyhow::Error) {
 
 /// The configured channels, or `None` (with a warning when the configuration is wrong: a run
 /// must not fail because its notifications are misconfigured).
-fn configured() -> Option<Channels> {
+pub fn configured() -> Option<Channels> {
     match Channels::from_env() {
         Ok(channels) if channels.is_empty() => None,
         Ok(channels) => Some(channels),
@@ -112,7 +112,7 @@ fn configured() -> Option<Channels> {
     }
 }
 
-fn report(deliveries: &[Delivery]) {
+pub fn report(deliveries: &[Delivery]) {
     for delivery in deliveries {
         if delivery.succeeded() {
             eprintln!("notified {delivery}");

@@ -5,21 +5,16 @@
 //! Opened from `file://` it makes no request.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use quantlens_engine::Registry;
 use quantlens_lake::Lake;
-use quantlens_runs::health::{judge, last_success, read_alerts, Bound, Running, ALERTS_DIR};
-use quantlens_runs::schedule::Schedule;
-use quantlens_runs::{replace_atomically, RunLock, StateDir};
+use quantlens_runs::{replace_atomically, StateDir};
 use serde_json::{json, Map, Value};
 
+use crate::health::FreshnessArgs;
 use crate::{Failure, Locations};
-
-/// The freshness bound when none is given: the trigger daemon's default `--max-age` (26 h).
-pub const DEFAULT_MAX_AGE: u64 = 26 * 3600;
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -33,22 +28,9 @@ pub struct ReportArgs {
 /// What a report holds beyond the catalog; shared with `materialize --report`.
 #[derive(Args, Clone)]
 pub struct ReportOptions {
-    /// The freshness bound of the report's health banner, in seconds (the trigger daemon's
-    /// --max-age, read from the same variable).
-    #[arg(long, env = "QUANTLENS_MAX_AGE", default_value_t = DEFAULT_MAX_AGE, value_name = "SECONDS")]
-    pub max_age: u64,
-    /// The timer's calendar the health banner follows instead of --max-age (the trigger
-    /// daemon's --schedule, from the same variable), e.g. `Mon..Fri *-*-* 22:30:00 UTC`.
-    #[arg(long, env = "QUANTLENS_SCHEDULE", value_name = "CALENDAR")]
-    pub schedule: Option<Schedule>,
-    /// With --schedule: how long a scheduled run may take to succeed, in seconds.
-    #[arg(
-        long,
-        env = "QUANTLENS_SCHEDULE_GRACE",
-        default_value_t = 7200,
-        value_name = "SECONDS"
-    )]
-    pub schedule_grace: u64,
+    /// The rule of the report's health banner.
+    #[command(flatten)]
+    pub freshness: FreshnessArgs,
     /// How many recent runs the report holds, each with its events and the end of its log.
     #[arg(long = "report-runs", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=50), value_name = "N")]
     pub runs: u16,
@@ -84,23 +66,7 @@ fn responses(
     options: &ReportOptions,
 ) -> anyhow::Result<Map<String, Value>> {
     let now = chrono::Utc::now();
-    let running = RunLock::holder(state).ok().flatten().map(|holder| Running {
-        run_id: Some(holder).filter(|h| !h.is_empty()),
-    });
-    let bound = match &options.schedule {
-        Some(schedule) => Bound::Schedule {
-            schedule: schedule.clone(),
-            grace: Duration::from_secs(options.schedule_grace),
-        },
-        None => Bound::MaxAge(Duration::from_secs(options.max_age)),
-    };
-    let health = judge(
-        &last_success(state),
-        &bound,
-        now,
-        running,
-        &read_alerts(&state.root().join(ALERTS_DIR)),
-    );
+    let health = options.freshness.judge(state);
     let runs = if state.root().is_dir() {
         state.list_runs(usize::from(options.runs))?
     } else {

@@ -202,8 +202,6 @@ impl StateDir {
         self.root.join(RUNS_DIR)
     }
 
-    /// Run ids of the directories under `runs/`, oldest first. Entries whose
-    /// names are not run ids are not ours and are ignored.
     /// Every run with its record (or the error reading it), oldest first by
     /// `started_at`: ids given with `--run-id` need not sort by time, and two
     /// generated ids of the same millisecond need not either. Unreadable
@@ -224,6 +222,8 @@ impl StateDir {
         Ok(runs)
     }
 
+    /// Run ids of the directories under `runs/`. Entries whose names are
+    /// not run ids are not ours and are ignored.
     fn run_ids(&self) -> Result<Vec<RunId>, RunsError> {
         let runs = self.runs_dir();
         let entries = match fs::read_dir(&runs) {

@@ -105,7 +105,7 @@ const FLAGS: [Flag; 10] = [
         env: "QUANTLENS_TRIGGER_TOKEN_FILE",
         value: "PATH",
         default: None,
-        help: "Require `Authorization: Bearer TOKEN` on every endpoint but /health, TOKEN being \
+        help: "Require `Authorization: Bearer TOKEN` on every endpoint but /health, /status and the page's files, TOKEN being \
                this file's content without surrounding whitespace (e.g. a systemd credential). \
                See also QUANTLENS_TRIGGER_TOKEN below.",
     },
