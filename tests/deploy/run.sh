@@ -112,7 +112,7 @@ cleanup() {
         wait "$MOTO_PID" 2>/dev/null
     fi
     stop_vm
-    for pid in $LISTENER_PIDS; do kill "$pid" 2>/dev/null; done
+    for pid in $LISTENER_PIDS; do kill "$pid" 2>/dev/null || true; done
     for ns in "$NS" "$NS_FE" "$NS_X"; do
         ip netns delete "$ns" 2>/dev/null
     done
@@ -350,7 +350,7 @@ socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).recv(16)' "
         bash -c "in_vm_chroot iptables-save | grep -q ':ufw-user-input'"
     check "this machine's own network namespace has no UFW chains (never firewalled)" \
         sh -c "out=\$(chroot '$ROOT' iptables-nft-save; chroot '$ROOT' iptables-legacy-save) && ! printf '%s' \"\$out\" | grep -q ufw-"
-    for pid in $LISTENER_PIDS; do kill "$pid" 2>/dev/null; done
+    for pid in $LISTENER_PIDS; do kill "$pid" 2>/dev/null || true; done
     LISTENER_PIDS=""
     step_end "firewall: connections through UFW"
 }

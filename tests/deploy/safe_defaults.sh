@@ -40,6 +40,8 @@ unsafe_inventory_refused() {
     quantlens_trigger_allow_unauthenticated=True, quantlens_allow_no_backup=True)'
     check "each opt-out written in the inventory is accepted (the preflight passes)" \
         converge optout "$WORK/vars-optout.json" --tags preflight
+    check "... the preflight did run there (its task is in the log)" \
+        grep -q 'TASK \[preflight : Refuse an unsafe configuration before changing anything\]' "$WORK/convergeoptout.log"
     check "nothing was installed: current still points at $before" \
         test "$(readlink "$ROOT/opt/quantlens/current")" = "$before"
     step_end "preflight refuses an unsafe inventory"

@@ -96,6 +96,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
+        .route("/openapi.json", get(openapi))
         .merge(crate::page::routes())
         .merge(protected)
         .fallback(unknown_path)
@@ -103,6 +104,14 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), track))
         .with_state(app)
+}
+
+/// docs/openapi.yaml as JSON (scripts/openapi-json writes it; tests/test_api_contract.py checks
+/// that it matches the YAML and that the daemon matches it).
+const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 /// The body of `POST /trigger`. Unknown fields are refused: a typo such as `"selct"` would
