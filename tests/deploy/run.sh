@@ -980,7 +980,8 @@ json.dump(v, open(sys.argv[2], "w"))' "$WORK/vars-live.json" "$WORK/vars-notify.
     check "the channels are a root-only credential (0600 root:root)" \
         test "$(ct stat -c '%a %U:%G' /etc/quantlens/credentials/notify)" = "600 root:root"
     check_fails "the URLs are not in quantlens.env" ct grep -q 9100 /etc/quantlens/quantlens.env
-    for unit in quantlens-trigger.service quantlens-materialize.service quantlens-backup.service; do
+    for unit in quantlens-trigger.service quantlens-materialize.service quantlens-backup.service \
+        quantlens-health.service; do
         check "$unit loads the notify credential and may reach the receivers" \
             ct_sh "systemctl cat $unit | grep -q '^LoadCredential=notify:' && test -z \"\$(systemctl show -p IPAddressDeny --value $unit)\""
     done
@@ -1020,6 +1021,27 @@ assert len(unit) == 1 and "quantlens-materialize.service failed (result=timeout"
     ct systemctl daemon-reload
     check "the next run succeeds again (and clears the alert marker)" \
         ct_sh "systemctl start quantlens-materialize.service && ! test -e $STATE/alerts/quantlens-materialize.service.json"
+    # Stale data, told by the hourly freshness check (quantlens-health.service), here with a bound
+    # of one second and no schedule: once, however often the check runs.
+    local fails
+    fails=$(grep -c '"path": "/hc/deploy-test/fail"' "$received")
+    ct mkdir -p /run/systemd/system/quantlens-health.service.d
+    ct_sh "printf '[Service]\\nExecStart=\\nExecStart=/usr/bin/env -u QUANTLENS_SCHEDULE /opt/quantlens/current/bin/quantlens health --notify --max-age 1\\n' >/run/systemd/system/quantlens-health.service.d/99-stale.conf"
+    ct systemctl daemon-reload
+    sleep 2
+    check "the freshness check runs twice on stale data and succeeds both times (exit 1 is its verdict)" \
+        ct_sh "systemctl start quantlens-health.service && systemctl start quantlens-health.service"
+    check "the webhook was told once: data_stale, with the last success" \
+        python3 -c 'import json, sys
+hooks = [json.loads(json.loads(l)["body"]) for l in open(sys.argv[1]) if json.loads(l)["path"] == "/hook"]
+stale = [h for h in hooks if h["event"] == "data_stale"]
+assert len(stale) == 1 and stale[0]["run_id"] and "more than the 1 s allowed" in stale[0]["error"], hooks' "$received"
+    check "... and the heartbeat's /fail once more" \
+        test "$(grep -c '"path": "/hc/deploy-test/fail"' "$received")" = $((fails + 1))
+    ct rm -rf /run/systemd/system/quantlens-health.service.d
+    ct systemctl daemon-reload
+    check "quantlens-health.timer is armed: next $(unit_prop quantlens-health.timer NextElapseUSecRealtime)" \
+        test -n "$(unit_prop quantlens-health.timer NextElapseUSecRealtime)"
     step_end "notifications in the booted VM"
 }
 

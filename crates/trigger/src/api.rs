@@ -10,6 +10,7 @@
 //! GET  /health             200 fresh | 503 stale or never succeeded (no token needed)
 //! GET  /status             the same verdict, always 200 (no token needed)
 //! GET  /, /app.js, /app.css   the status page (no token needed: it holds no data)
+//! GET  /openapi.json       this API as an OpenAPI 3 document (no token needed)
 //! ```
 //!
 //! Everything is JSON in and out. Every failure is a 4xx or 5xx with a JSON body

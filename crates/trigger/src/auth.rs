@@ -1,9 +1,9 @@
 //! Optional bearer-token authentication. The port is private and firewalled, so the token is a
 //! second fence, not the only one: it comes from a file (a systemd credential) or an environment
 //! variable, never from the command line, and is compared in constant time so response timing
-//! does not reveal how much of a guess was right. /health, /status and the page's own files stay
-//! open so an uptime check needs no secret; they tell nothing beyond the health verdict, and the
-//! page asks for the token before it reads any data.
+//! does not reveal how much of a guess was right. /health, /status, the page's own files and
+//! /openapi.json stay open so an uptime check needs no secret; they tell nothing beyond the
+//! health verdict and the API's shape, and the page asks for the token before it reads any data.
 
 use std::ffi::OsString;
 use std::path::Path;
