@@ -84,7 +84,10 @@ impl App {
 
 pub fn router(app: Arc<App>) -> Router {
     let protected = Router::new()
-        .route("/trigger", post(trigger))
+        .route(
+            "/trigger",
+            post(trigger).layer(middleware::from_fn(crate::connections::deadline_body)),
+        )
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/log", get(get_log))

@@ -15,6 +15,7 @@ mod alert;
 mod api;
 mod auth;
 mod config;
+mod connections;
 mod error;
 mod health;
 mod idempotency;

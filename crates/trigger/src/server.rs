@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, App};
 use crate::config::Config;
+use crate::connections::{self, wait_stop};
 use crate::error::StartupError;
 use crate::health::Health;
 use crate::listener::{self, Origin};
@@ -132,9 +133,9 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
         stop.send_replace(true);
     });
 
-    let server = axum::serve(listener, router).with_graceful_shutdown(wait_stop(stopped.clone()));
+    let server = connections::serve(listener, router, stopped.clone());
     tokio::select! {
-        result = server => result.map_err(StartupError::Serve)?,
+        () = server => {},
         () = async { wait_stop(stopped).await; tokio::time::sleep(DRAIN_LIMIT).await } => {
             eprintln!("quantlens-trigger: connections still open after {DRAIN_LIMIT:?}; closing them");
         }
@@ -143,11 +144,6 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     runner.wait_idle().await;
     eprintln!("quantlens-trigger: stopped");
     Ok(())
-}
-
-async fn wait_stop(mut stopped: watch::Receiver<bool>) {
-    // An error means the sender is gone, which only happens once shutdown has begun.
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// Gives memory freed after a burst of connections back to the OS. glibc keeps freed heap
