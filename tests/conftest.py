@@ -11,6 +11,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Hypothesis (tests/test_api_contract.py through Schemathesis, tests/test_hostile_landing.py)
+# keeps a cache (its Unicode tables) in ./.hypothesis unless told otherwise; keep it out of the
+# working tree, beside the build cache. No test uses its example database.
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    from hypothesis.configuration import set_hypothesis_home_dir
+    set_hypothesis_home_dir(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                            / "quantlens" / "hypothesis")
+
 
 def quantlens_binary() -> Path:
     explicit = os.environ.get("QUANTLENS_BIN")

@@ -47,7 +47,6 @@ from pathlib import Path
 import pytest
 import schemathesis
 import yaml
-from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis.config import SchemathesisConfig
 
 from trigger_support import Daemon, base_env, standin, trigger_binary, wait_for, write_record
@@ -64,12 +63,6 @@ SEED = 13
 # The run ids the document uses as examples, so the examples phase meets existing runs.
 SUCCEEDED = "20261129T123316.212Z-2a2757"
 CRASHED = "20261129T124501.486Z-77aa10"
-
-# Hypothesis keeps a cache (its Unicode tables) in ./.hypothesis unless told otherwise; keep it
-# out of the working tree, beside the build cache. No example database is used (see CONFIG).
-if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    set_hypothesis_home_dir(cache / "quantlens" / "hypothesis")
 
 CONFIG = SchemathesisConfig.from_dict({
     "seed": SEED,
