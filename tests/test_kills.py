@@ -37,17 +37,23 @@ def delivered_rows(files):
     return rows
 
 
+def killed(lake, args, delay):
+    """Runs `quantlens ARGS` and SIGKILLs it after `delay` seconds unless it finished first;
+    True if it was killed."""
+    process = lake.spawn(*args)
+    deadline = time.monotonic() + delay
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    was_running = process.poll() is None
+    if was_running:
+        os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=120)
+    return was_running
+
+
 def run_killed(lake, run_id, delay):
     """Starts a run and SIGKILLs it after `delay` seconds (unless it finished first)."""
-    worker = lake.spawn("materialize", "--run-id", run_id)
-    deadline = time.monotonic() + delay
-    while worker.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    killed = worker.poll() is None
-    if killed:
-        os.kill(worker.pid, signal.SIGKILL)
-    worker.communicate(timeout=60)
-    return killed
+    return killed(lake, ["materialize", "--run-id", run_id], delay)
 
 
 def timed_run(lake, run_id):

@@ -10,10 +10,10 @@ import json
 import os
 import random
 import shutil
-import signal
 import time
 
 from conftest import Lake
+from test_kills import killed
 
 SEED = 13
 KILLS = int(os.environ.get("QUANTLENS_COMMAND_KILLS", "5"))
@@ -34,19 +34,6 @@ def assert_same(expected, actual, what):
     assert expected.keys() == actual.keys(), what
     for key in expected:
         assert expected[key].equals(actual[key]), f"{what}: {key} differs"
-
-
-def killed(lake, args, delay):
-    """Runs `quantlens ARGS`, SIGKILLs it after `delay` seconds unless it finished; True if killed."""
-    process = lake.spawn(*args)
-    deadline = time.monotonic() + delay
-    while process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    was_running = process.poll() is None
-    if was_running:
-        os.kill(process.pid, signal.SIGKILL)
-    process.communicate(timeout=120)
-    return was_running
 
 
 def timed(lake, *args):
