@@ -96,6 +96,36 @@ class Lake:
         return json.loads(self.run("runs", run_id).stdout)
 
 
+# Columns that say when or by which run a row was written, not what it holds.
+WHEN = {"ingested_at", "run_id"}
+
+
+def table_keys(lake):
+    """Every table under DATA_ROOT: the folders whose Delta log holds a commit. A write that
+    failed before a new table's first commit leaves a folder (even a `_delta_log`) without one:
+    that is no table, for Delta readers as for QuantLens, and the next run creates it."""
+    return sorted(str(log.parent.relative_to(lake.data)) for log in lake.data.rglob("_delta_log")
+                  if any(log.glob("0" * 20 + ".json")) or any(log.glob("*.checkpoint.parquet"))
+                  or any(log.glob("_last_checkpoint")))
+
+
+def contents(lake):
+    """Every table's rows, in a canonical order, without the columns that say when they were
+    written. Reading them all is also the check that every table opens and reads in full."""
+    out = {}
+    for key in table_keys(lake):
+        frame = lake.frame(key)
+        frame = frame.select([c for c in frame.columns if c not in WHEN])
+        out[key] = frame.sort(frame.columns, nulls_last=True)
+    return out
+
+
+def assert_same_lake(actual, expected, what):
+    assert actual.keys() == expected.keys(), f"{what}: tables {sorted(actual)} != {sorted(expected)}"
+    for key in expected:
+        assert actual[key].equals(expected[key]), f"{what}: {key} differs"
+
+
 @pytest.fixture
 def lake(tmp_path):
     installation = Lake(tmp_path)

@@ -290,6 +290,13 @@ async fn attempt_with_retries(
     loop {
         attempt += 1;
         match attempt_once(asset, context).await {
+            Err(err) if is_no_space(&err.message) => {
+                let message = format!(
+                    "no space left on the device: free some, then run again; {}",
+                    err.message
+                );
+                return Err((message, attempt));
+            }
             Err(err) if err.kind == ErrorKind::Transient && attempt < asset.retry.max_attempts => {
                 on_retry(attempt, &err);
                 seed = seed
@@ -304,6 +311,20 @@ async fn attempt_with_retries(
             }
         }
     }
+}
+
+/// Whether a failure is a full filesystem (ENOSPC, or EDQUOT for a quota): retrying cannot help
+/// until someone frees space, so it is reported as such at once. Errors reach the engine as text
+/// from delta-rs, Parquet, Polars and DuckDB alike, and the OS's own words are what they share.
+fn is_no_space(message: &str) -> bool {
+    [
+        "No space left on device",
+        "(os error 28)",
+        "Disk quota exceeded",
+        "(os error 122)",
+    ]
+    .iter()
+    .any(|words| message.contains(words))
 }
 
 /// One attempt: compute, validate, check, commit. Failed blocking checks are an outcome, not an

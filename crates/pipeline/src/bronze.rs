@@ -17,12 +17,11 @@ use quantlens_lake::arrow::array::{
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{FileStore, Staged, WriteMode};
 use rayon::prelude::*;
-use serde_json::json;
 
 use crate::columns::utc_timestamp;
 use crate::landing::{is_candidate, parse_delivery, raw_fields, sha256_hex, RawColumns, RawRow};
 use crate::ledger::{
-    known_deliveries, ledger_batch, ledger_schema, Fate, LedgerEntry, LEDGER,
+    known_deliveries, ledger_batch, ledger_schema, CommittedFile, Fate, LedgerEntry, LEDGER,
     REMOTE_CLOCK_SKEW_SECONDS,
 };
 
@@ -144,12 +143,14 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
 
     let new_files: Vec<_> = ledger
         .iter()
-        .filter(|e| matches!(e.fate, Fate::Ingested { .. }))
-        .map(|e| json!({"file": e.file, "sha256": e.sha256}))
+        .filter_map(|e| match e.fate {
+            Fate::Ingested { rows } => Some(CommittedFile::metadata(e, rows)),
+            _ => None,
+        })
         .collect();
     let new_entries = ledger
         .iter()
-        .filter(|e| !matches!(e.fate, Fate::Recovered))
+        .filter(|e| !matches!(e.fate, Fate::Recovered { .. }))
         .count();
     let ledger_batch = ledger_batch(&ledger, &ctx.run_id, ingested_at)?;
     if new_entries == 0 {

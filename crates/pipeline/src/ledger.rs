@@ -47,8 +47,27 @@ pub(crate) enum Fate {
     Rejected {
         reason: String,
     },
-    /// Found in a bronze commit that an interrupted run did not record in the ledger.
-    Recovered,
+    /// Found in a bronze commit that an interrupted run did not record in the ledger. The commit
+    /// lists the file's row count (commits written before it did recover without one).
+    Recovered {
+        rows: Option<u64>,
+    },
+}
+
+/// A landing file as a bronze commit lists it in its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CommittedFile {
+    pub(crate) file: String,
+    pub(crate) sha256: String,
+    pub(crate) bytes: Option<u64>,
+    pub(crate) rows: Option<u64>,
+}
+
+impl CommittedFile {
+    /// What a bronze commit's metadata says of an ingested file.
+    pub(crate) fn metadata(entry: &LedgerEntry, rows: u64) -> serde_json::Value {
+        serde_json::json!({"file": entry.file, "sha256": entry.sha256, "bytes": entry.bytes, "rows": rows})
+    }
 }
 
 /// What the ledger knows about landing files: which (file, sha256) pairs were handled, and for
@@ -117,13 +136,15 @@ pub(crate) async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEn
     }
     let mut recovered = Vec::new();
     if let Some(prices) = lake.load(PRICES, At::Latest).await? {
-        for (name, sha) in unrecorded_files(&prices, &known).await? {
-            if known.insert(&name, &sha) {
+        for committed in unrecorded_files(&prices, &known).await? {
+            if known.insert(&committed.file, &committed.sha256) {
                 recovered.push(LedgerEntry {
-                    file: name,
-                    bytes: 0,
-                    sha256: sha,
-                    fate: Fate::Recovered,
+                    file: committed.file,
+                    bytes: committed.bytes.unwrap_or(0),
+                    sha256: committed.sha256,
+                    fate: Fate::Recovered {
+                        rows: committed.rows,
+                    },
                 });
             }
         }
@@ -135,7 +156,7 @@ pub(crate) async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEn
 /// read only when a crash left more than that unrecorded.
 const RECENT_COMMITS: usize = 8;
 
-/// The (file, sha256) pairs of bronze commits missing from the ledger, newest commit first.
+/// The files of bronze commits missing from the ledger, newest commit first.
 ///
 /// Every ledger commit records all bronze commits made before it (its own run's and those it
 /// recovered), so the search walks back from the newest bronze commit and stops at the first one
@@ -146,7 +167,7 @@ const RECENT_COMMITS: usize = 8;
 async fn unrecorded_files(
     prices: &quantlens_lake::Table,
     known: &Known,
-) -> Result<Vec<(String, String)>, AssetError> {
+) -> Result<Vec<CommittedFile>, AssetError> {
     let recent = prices.history(Some(RECENT_COMMITS)).await?;
     match missing_since_recorded(&recent, known) {
         (missing, true) => Ok(missing),
@@ -160,14 +181,14 @@ async fn unrecorded_files(
 fn missing_since_recorded(
     history: &[quantlens_lake::Commit],
     known: &Known,
-) -> (Vec<(String, String)>, bool) {
+) -> (Vec<CommittedFile>, bool) {
     let mut missing = Vec::new();
     for files in history.iter().map(commit_files).filter(|f| !f.is_empty()) {
         let before = missing.len();
         missing.extend(
             files
                 .into_iter()
-                .filter(|(file, sha)| !known.contains(file, sha)),
+                .filter(|f| !known.contains(&f.file, &f.sha256)),
         );
         if missing.len() == before {
             return (missing, true);
@@ -177,7 +198,7 @@ fn missing_since_recorded(
 }
 
 /// The landing files a bronze commit lists in its metadata.
-fn commit_files(commit: &quantlens_lake::Commit) -> Vec<(String, String)> {
+fn commit_files(commit: &quantlens_lake::Commit) -> Vec<CommittedFile> {
     let listed = commit
         .quantlens
         .as_ref()
@@ -187,10 +208,12 @@ fn commit_files(commit: &quantlens_lake::Commit) -> Vec<(String, String)> {
         .into_iter()
         .flatten()
         .filter_map(|file| {
-            Some((
-                file["file"].as_str()?.to_string(),
-                file["sha256"].as_str()?.to_string(),
-            ))
+            Some(CommittedFile {
+                file: file["file"].as_str()?.to_string(),
+                sha256: file["sha256"].as_str()?.to_string(),
+                bytes: file["bytes"].as_u64(),
+                rows: file["rows"].as_u64(),
+            })
         })
         .collect()
 }
@@ -213,7 +236,10 @@ pub(crate) fn ledger_batch(
         let (fate, why, count) = match &entry.fate {
             Fate::Ingested { rows } => ("ingested", None, Some(*rows as i64)),
             Fate::Rejected { reason } => ("rejected", Some(reason.as_str()), Some(0)),
-            Fate::Recovered => (
+            // Recorded as the interrupted run would have: the repair is invisible but for the
+            // ledger row's run id and time.
+            Fate::Recovered { rows: Some(rows) } => ("ingested", None, Some(*rows as i64)),
+            Fate::Recovered { rows: None } => (
                 "ingested",
                 Some("recorded late: its run was interrupted after the bronze commit"),
                 None,
@@ -295,7 +321,10 @@ mod tests {
             ("c.csv", "3"),
             ("d.csv", "4"),
         ]);
-        assert_eq!(missing_since_recorded(&history, &known), (vec![], true));
+        assert_eq!(
+            pairs(missing_since_recorded(&history, &known)),
+            (vec![], true)
+        );
     }
 
     #[test]
@@ -309,7 +338,7 @@ mod tests {
             commit(0, &[("a.csv", "1"), ("b.csv", "2")]),
         ];
         let known = ledger(&[("a.csv", "1"), ("b.csv", "2")]);
-        let (missing, found) = missing_since_recorded(&history, &known);
+        let (missing, found) = pairs(missing_since_recorded(&history, &known));
         assert!(found);
         let pair = |f: &str, s: &str| (f.to_string(), s.to_string());
         assert_eq!(missing, [pair("d.csv", "4"), pair("c.csv", "3")]);
@@ -318,11 +347,35 @@ mod tests {
     #[test]
     fn a_changed_file_is_a_new_delivery_and_a_history_without_a_recorded_commit_is_all_missing() {
         let history = [commit(1, &[("a.csv", "2")]), commit(0, &[("a.csv", "1")])];
-        let (missing, found) = missing_since_recorded(&history, &ledger(&[]));
+        let (missing, found) = pairs(missing_since_recorded(&history, &ledger(&[])));
         assert_eq!(missing.len(), 2);
         assert!(!found);
-        let (missing, found) = missing_since_recorded(&history, &ledger(&[("a.csv", "1")]));
+        let (missing, found) = pairs(missing_since_recorded(&history, &ledger(&[("a.csv", "1")])));
         assert_eq!(missing, [("a.csv".to_string(), "2".to_string())]);
         assert!(found);
+    }
+
+    fn pairs((files, found): (Vec<CommittedFile>, bool)) -> (Vec<(String, String)>, bool) {
+        let pairs = files.into_iter().map(|f| (f.file, f.sha256)).collect();
+        (pairs, found)
+    }
+
+    #[test]
+    fn a_commit_lists_size_and_rows_so_the_repair_records_them() {
+        let entry = LedgerEntry {
+            file: "a.csv".into(),
+            bytes: 120,
+            sha256: "1".into(),
+            fate: Fate::Ingested { rows: 3 },
+        };
+        let mut extra = serde_json::Map::new();
+        extra.insert("files".into(), json!([CommittedFile::metadata(&entry, 3)]));
+        let mut listed = commit(0, &[]);
+        listed.quantlens.as_mut().unwrap().extra = extra;
+        let found = commit_files(&listed);
+        assert_eq!(found[0].bytes, Some(120));
+        assert_eq!(found[0].rows, Some(3));
+        // Commits written before sizes were listed still recover, without them.
+        assert_eq!(commit_files(&commit(1, &[("b.csv", "2")]))[0].rows, None);
     }
 }

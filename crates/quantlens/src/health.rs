@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::Args;
 use quantlens_notify::{notify, Event};
 use quantlens_runs::health::{
-    judge, last_success, read_alerts, Bound, Report, Running, ALERTS_DIR,
+    judge, last_success, read_alerts, Bound, DiskCheck, Report, Running, ALERTS_DIR,
+    DEFAULT_MIN_FREE_MB,
 };
 use quantlens_runs::schedule::Schedule;
 use quantlens_runs::{exit, replace_atomically, RunLock, StateDir};
@@ -43,6 +44,10 @@ pub struct FreshnessArgs {
         value_name = "SECONDS"
     )]
     pub schedule_grace: u64,
+    /// Unhealthy (`disk_full`) when the state directory's filesystem, or a local DATA_ROOT's,
+    /// has less free space than this many MiB (the trigger daemon's --min-free-mb).
+    #[arg(long, env = "QUANTLENS_MIN_FREE_MB", default_value_t = DEFAULT_MIN_FREE_MB, value_name = "MB")]
+    pub min_free_mb: u64,
 }
 
 impl FreshnessArgs {
@@ -56,8 +61,8 @@ impl FreshnessArgs {
         }
     }
 
-    /// The verdict on `state` now.
-    pub fn judge(&self, state: &StateDir) -> Report {
+    /// The verdict on `state` (and the disk of `data_root`) now.
+    pub fn judge(&self, state: &StateDir, data_root: &str) -> Report {
         let running = RunLock::holder(state).ok().flatten().map(|holder| Running {
             run_id: Some(holder).filter(|h| !h.is_empty()),
         });
@@ -67,6 +72,7 @@ impl FreshnessArgs {
             chrono::Utc::now(),
             running,
             &read_alerts(&state.root().join(ALERTS_DIR)),
+            &DiskCheck::new(Some(data_root), self.min_free_mb).measure(state.root()),
         )
     }
 }
@@ -85,10 +91,10 @@ pub struct HealthArgs {
 }
 
 /// Exit 0 when healthy, 1 when not (stale, never succeeded, a failed unit not yet recovered,
-/// unreadable records), 2 on a usage or configuration error.
+/// a disk under the free-space minimum, unreadable records), 2 on a usage or configuration error.
 pub async fn run(locations: &Locations, args: HealthArgs) -> Result<i32, Failure> {
     let state = StateDir::new(&locations.state_dir);
-    let report = args.freshness.judge(&state);
+    let report = args.freshness.judge(&state, &locations.data_root);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

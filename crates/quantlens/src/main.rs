@@ -280,8 +280,14 @@ pub fn take_run_lock(
                 anyhow::anyhow!("already running {holder}"),
             ))
         }
-        Err(err) => Err(err.into()),
+        Err(err) => Err(state_failure(err)),
     }
+}
+
+/// The state directory cannot be read or written (a full disk, permissions): the command failed,
+/// it was not called wrong, so exit 1 rather than the usage code.
+pub fn state_failure(err: quantlens_runs::RunsError) -> Failure {
+    fail(exit::FAILED, err.into())
 }
 
 pub fn fail(code: i32, error: anyhow::Error) -> Failure {

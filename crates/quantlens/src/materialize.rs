@@ -10,7 +10,7 @@ use quantlens_pipeline::landing::is_candidate;
 use quantlens_runs::{exit, RunId, RunLock, RunRecord, RunStatus, StateDir, DEFAULT_RETENTION};
 
 use crate::output::print_table;
-use crate::{fail, take_run_lock, Failure, Locations};
+use crate::{fail, state_failure, take_run_lock, Failure, Locations};
 
 #[derive(Args)]
 pub struct MaterializeArgs {
@@ -89,7 +89,7 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
     };
     let lake = locations.lake()?;
     let state = StateDir::new(&locations.state_dir);
-    state.create()?;
+    state.create().map_err(state_failure)?;
     let run_id = match &args.run_id {
         Some(id) => RunId::parse(id)?,
         None => RunId::generate(),
@@ -103,18 +103,18 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         Some(lock) => lock,
         None => take_run_lock(&state, &run_id)?,
     };
-    lock.set_holder(&run_id)?;
+    lock.set_holder(&run_id).map_err(state_failure)?;
 
     if args.demo {
         seed_demo_data(locations).await?;
     }
-    for orphan in state.mark_orphans_crashed(&run_id)? {
+    for orphan in state.mark_orphans_crashed(&run_id).map_err(state_failure)? {
         eprintln!("note: run {orphan} had died without finishing; recorded as crashed");
     }
 
     let files = state.run_files(&run_id);
     let record = RunRecord::new(run_id.clone(), &args.trigger, &args.select);
-    files.write_record(&record)?;
+    files.write_record(&record).map_err(state_failure)?;
     let options = RunOptions {
         selected,
         only_stale: args.stale,
@@ -143,7 +143,13 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
     drop(lock);
     // After the lock is released, so that the report does not show this run as in progress.
     if let (Some(path), Ok(catalog)) = (&args.report, catalog) {
-        match crate::report::write(&state, catalog, path, &args.report_options) {
+        match crate::report::write(
+            &state,
+            &locations.data_root,
+            catalog,
+            path,
+            &args.report_options,
+        ) {
             Ok(()) => eprintln!("report written to {}", path.display()),
             Err(err) => eprintln!("warning: {err:#}"),
         }

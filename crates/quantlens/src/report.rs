@@ -41,7 +41,13 @@ pub async fn run(locations: &Locations, args: ReportArgs) -> Result<i32, Failure
     let lake: Lake = locations.lake()?;
     let state = StateDir::new(&locations.state_dir);
     let catalog = crate::catalog::build(&registry, &lake, &state, None).await?;
-    write(&state, catalog, &args.out, &args.options)?;
+    write(
+        &state,
+        &locations.data_root,
+        catalog,
+        &args.out,
+        &args.options,
+    )?;
     println!("wrote {}", args.out.display());
     Ok(quantlens_runs::exit::SUCCEEDED)
 }
@@ -49,11 +55,14 @@ pub async fn run(locations: &Locations, args: ReportArgs) -> Result<i32, Failure
 /// Writes the report of `catalog` and the runs in `state` to `out`.
 pub fn write(
     state: &StateDir,
+    data_root: &str,
     catalog: Value,
     out: &Path,
     options: &ReportOptions,
 ) -> anyhow::Result<()> {
-    let html = quantlens_page::report(&Value::Object(responses(state, catalog, options)?));
+    let html = quantlens_page::report(&Value::Object(responses(
+        state, data_root, catalog, options,
+    )?));
     replace_atomically(out, html.as_bytes())
         .with_context(|| format!("writing the report {}", out.display()))?;
     Ok(())
@@ -62,11 +71,12 @@ pub fn write(
 /// The API's answers the page asks for, keyed by path exactly as the script asks for them.
 fn responses(
     state: &StateDir,
+    data_root: &str,
     catalog: Value,
     options: &ReportOptions,
 ) -> anyhow::Result<Map<String, Value>> {
     let now = chrono::Utc::now();
-    let health = options.freshness.judge(state);
+    let health = options.freshness.judge(state, data_root);
     let runs = if state.root().is_dir() {
         state.list_runs(usize::from(options.runs))?
     } else {

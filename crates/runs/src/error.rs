@@ -43,6 +43,13 @@ impl RunsError {
             source,
         }
     }
+
+    /// The file system is full (or over quota): nothing is wrong with the request or the
+    /// records, and trying again helps only once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, RunsError::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
 }
 
 fn locked_message(holder: Option<&str>) -> String {
@@ -86,5 +93,8 @@ mod tests {
         );
         let err = RunsError::Locked { holder: None };
         assert_eq!(err.to_string(), "another run holds the lock");
+        assert!(!err.is_no_space());
+        let full = RunsError::io("/state", std::io::Error::from_raw_os_error(28));
+        assert!(full.is_no_space());
     }
 }

@@ -198,6 +198,11 @@ async fn trigger(
             "shutting_down",
             StartError::ShuttingDown.to_string(),
         )),
+        Err(err) if err.is_no_space() => Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            chain(&err),
+        )),
         Err(err) => Err(ApiError::internal(chain(&err))),
     }
 }

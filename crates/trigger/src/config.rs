@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quantlens_runs::health::Bound;
+use quantlens_runs::health::{Bound, DiskCheck};
 
 use crate::auth::Token;
 use crate::error::StartupError;
@@ -39,9 +39,10 @@ const IDLE_EXIT: usize = 6;
 const TOKEN_FILE: usize = 7;
 const SCHEDULE: usize = 8;
 const SCHEDULE_GRACE: usize = 9;
+const MIN_FREE_MB: usize = 10;
 
 /// Every flag, in the order `--help` lists them; the constants above index it.
-const FLAGS: [Flag; 10] = [
+const FLAGS: [Flag; 11] = [
     Flag {
         name: "listen",
         env: "QUANTLENS_TRIGGER_LISTEN",
@@ -127,6 +128,15 @@ const FLAGS: [Flag; 10] = [
         default: Some("7200"),
         help: "With --schedule: how long a scheduled run may take to succeed.",
     },
+    Flag {
+        name: "min-free-mb",
+        env: "QUANTLENS_MIN_FREE_MB",
+        value: "MB",
+        default: Some("64"),
+        help: "GET /health answers 503 `disk_full` when the state directory's filesystem, or a \
+               local DATA_ROOT's, has less free space than this many MiB: the next run would \
+               fail to write.",
+    },
 ];
 
 const ABOUT: &str = "\
@@ -145,12 +155,13 @@ Environment:
   Each option above can also be set with the variable shown; the option wins.
   QUANTLENS_TRIGGER_TOKEN  The bearer token itself (instead of --token-file). There is no flag
                            for it: command lines are visible to every user of the machine.
-  DATA_ROOT, LANDING_DIR,  Not read by the daemon; passed through to the worker.
-  ASSETS_DIR
+  DATA_ROOT                Passed through to the worker; when local, GET /health also watches
+                           its filesystem's free space (--min-free-mb).
+  LANDING_DIR, ASSETS_DIR  Not read by the daemon; passed through to the worker.
   PATH HOME LANG LC_* TZ TMPDIR RUST_LOG RUST_BACKTRACE AWS_* QUANTLENS_KEEP_RUNS
   QUANTLENS_CACHE_DIR QUANTLENS_S3_CREDENTIALS QUANTLENS_REPORT QUANTLENS_MAX_AGE
-  QUANTLENS_SCHEDULE QUANTLENS_SCHEDULE_GRACE QUANTLENS_NOTIFY_WEBHOOK QUANTLENS_NOTIFY_SLACK
-  QUANTLENS_HEARTBEAT_URL QUANTLENS_NOTIFY_CREDENTIALS
+  QUANTLENS_SCHEDULE QUANTLENS_SCHEDULE_GRACE QUANTLENS_MIN_FREE_MB QUANTLENS_NOTIFY_WEBHOOK
+  QUANTLENS_NOTIFY_SLACK QUANTLENS_HEARTBEAT_URL QUANTLENS_NOTIFY_CREDENTIALS
   CREDENTIALS_DIRECTORY    Also passed through to the worker. Nothing else is: the worker starts
                            with a clean environment (no NOTIFY_SOCKET, LISTEN_*, token).
   LISTEN_FDS, LISTEN_PID   Socket activation: when LISTEN_PID is this process and LISTEN_FDS=1,
@@ -168,7 +179,7 @@ taken); 2 on a configuration error.";
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     /// Print this and exit 0 (`--help`, `--version`).
     Print(String),
 }
@@ -183,6 +194,8 @@ pub struct Config {
     pub kill_grace: Duration,
     /// How old the last success may be for GET /health: --max-age, or the --schedule.
     pub bound: Bound,
+    /// The filesystems GET /health watches for free space.
+    pub disks: DiskCheck,
     /// `None`: never exit for idleness.
     pub idle_exit: Option<Duration>,
     pub token: Option<Token>,
@@ -274,7 +287,7 @@ fn parse(
     check_executable(&worker)?;
     let state_dir = PathBuf::from(setting(STATE_DIR).expect("--state-dir has a default").0);
     let token_file = setting(TOKEN_FILE).map(|(path, _)| PathBuf::from(path));
-    Ok(Command::Run(Config {
+    Ok(Command::Run(Box::new(Config {
         listen,
         worker,
         state_dir,
@@ -289,9 +302,18 @@ fn parse(
                 grace: duration(SCHEDULE_GRACE, false)?,
             },
         },
+        disks: {
+            let (value, source) = text(MIN_FREE_MB)?.expect("--min-free-mb has a default");
+            let min_free_mb = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| usage(format!("{source}: `{value}` is not a whole number of MiB")))?;
+            let data_root = env("DATA_ROOT").map(|root| root.to_string_lossy().into_owned());
+            DiskCheck::new(data_root.as_deref(), min_free_mb)
+        },
         idle_exit: Some(duration(IDLE_EXIT, false)?).filter(|d| !d.is_zero()),
         token: Token::load(token_file.as_deref(), env(TOKEN_ENV))?,
-    }))
+    })))
 }
 
 fn usage(message: String) -> StartupError {
@@ -396,7 +418,7 @@ mod tests {
 
     fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
         match run(args, env).unwrap() {
-            Command::Run(config) => config,
+            Command::Run(config) => *config,
             other => panic!("{other:?}"),
         }
     }

@@ -4,7 +4,9 @@
 //! also says whether a run is in progress, ours or the timer's or the CLI's (from the lock), and
 //! reports the alert markers systemd's OnFailure= hook leaves in `STATE_DIR/alerts/` (a failed
 //! timer run, backup or maintenance job): any marker makes the answer 503 until a later
-//! successful run of that unit clears it.
+//! successful run of that unit clears it. A state directory (or local DATA_ROOT) with less than
+//! `--min-free-mb` free makes it 503 `disk_full`: the daemon itself keeps answering on a full
+//! disk, but the next run could not write.
 //!
 //! Finding the last success means reading the run records (all of them: the runs crate orders
 //! them by start time, about 4 ms for the default 200), and this daemon has one thread, so the
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use quantlens_runs::health::{
-    judge, last_success, read_alerts, Bound, Report, Running, ALERTS_DIR,
+    judge, last_success, read_alerts, Bound, Disk, DiskCheck, Report, Running, ALERTS_DIR,
 };
 use quantlens_runs::RunLock;
 
@@ -35,18 +37,21 @@ struct Observation {
     last_success: Result<Option<(String, DateTime<Utc>)>, String>,
     holder: Option<String>,
     alerts: Vec<serde_json::Value>,
+    disks: Vec<Disk>,
 }
 
 /// The health check and its cache.
 pub struct Health {
     bound: Bound,
+    disks: DiskCheck,
     cache: Mutex<Option<Observation>>,
 }
 
 impl Health {
-    pub fn new(bound: Bound) -> Health {
+    pub fn new(bound: Bound, disks: DiskCheck) -> Health {
         Health {
             bound,
+            disks,
             cache: Mutex::new(None),
         }
     }
@@ -67,6 +72,7 @@ impl Health {
             Utc::now(),
             running,
             &seen.alerts,
+            &seen.disks,
         );
         let status = if report.is_ok() {
             StatusCode::OK
@@ -93,6 +99,7 @@ impl Health {
             last_success,
             holder,
             alerts: read_alerts(&state.root().join(ALERTS_DIR)),
+            disks: self.disks.measure(state.root()),
         };
         *cache = Some(seen.clone());
         seen

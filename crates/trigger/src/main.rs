@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(StartupError::Runtime)?
-                .block_on(server::run(config))
+                .block_on(server::run(*config))
         }
     });
     match result {

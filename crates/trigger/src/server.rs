@@ -98,7 +98,7 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
     ));
     let app = App::new(
         Arc::clone(&runner),
-        Health::new(config.bound.clone()),
+        Health::new(config.bound.clone(), config.disks.clone()),
         config.token,
         Arc::clone(&activity),
     );

@@ -56,6 +56,7 @@ const PASSED_VARS: &[&str] = &[
     "QUANTLENS_MAX_AGE",
     "QUANTLENS_SCHEDULE",
     "QUANTLENS_SCHEDULE_GRACE",
+    "QUANTLENS_MIN_FREE_MB",
     // Object-storage keys for an s3:// DATA_ROOT: a file of KEY=VALUE lines, typically in the
     // systemd credentials directory (LoadCredential=), so they never sit in the environment.
     "QUANTLENS_S3_CREDENTIALS",
@@ -115,6 +116,16 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+}
+
+impl StartError {
+    /// The state directory's file system is full: the lock or the record could not be written.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StartError::Lock(err) | StartError::Record(err) => err.is_no_space(),
+            _ => false,
+        }
+    }
 }
 
 /// Why the worker is no longer running.
