@@ -116,6 +116,39 @@ def delivery(draw):
     return body, clean, header_damage
 
 
+def row_invariant(lake, bronze):
+    """Checks that every bronze row is in exactly one of silver, the rejects (with its rule), or
+    superseded by a later delivery of its symbol and date that is in silver. A row is named by
+    its file, line and ingestion: a file whose content changed is delivered again under the same
+    name. Returns silver, the rejects by row, the superseded count and silver's (symbol, date)s."""
+    silver = lake.frame("silver/prices")
+    rejects = lake.frame("silver/prices_rejects") \
+        if (lake.data / "silver/prices_rejects").exists() else None
+    def named(frame):
+        return list(zip(frame["source_file"].to_list(), frame["source_line"].to_list(),
+                        frame["ingested_at"].to_list()))
+    in_silver = set(named(silver))
+    keys_in_silver = set(zip(silver["symbol"].to_list(),
+                             [d.isoformat() for d in silver["date"].to_list()]))
+    rejected = {} if rejects is None else dict(zip(named(rejects), rejects["rule"].to_list()))
+    assert rejects is None or len(rejected) == rejects.height, "a reject is counted twice"
+    assert len(in_silver) == silver.height, "a silver row is counted twice"
+    superseded = 0
+    for row in bronze.iter_rows(named=True):
+        where = (row["source_file"], row["source_line"], row["ingested_at"])
+        places = (where in in_silver) + (where in rejected)
+        assert places <= 1, f"bronze row {where} is both in silver and rejected"
+        if places == 0:
+            # Superseded: valid, but a later delivery of its symbol and date won.
+            key = ((row["symbol"] or "").strip(), (row["date"] or "").strip())
+            assert key in keys_in_silver, f"bronze row {where} {row} is lost"
+            superseded += 1
+        elif where in rejected:
+            assert rejected[where], where
+    assert bronze.height == silver.height + len(rejected) + superseded
+    return silver, rejected, superseded, keys_in_silver
+
+
 @seed(20261203)
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -156,31 +189,7 @@ def test_hostile_landing_files_keep_the_row_invariant(files, tmp_path_factory):
         if bronze is None or bronze.height == 0:
             assert not clean, "clean rows were lost with their file"
             return
-        silver = lake.frame("silver/prices")
-        rejects = lake.frame("silver/prices_rejects") \
-            if (lake.data / "silver/prices_rejects").exists() else None
-        in_silver = set(zip(silver["source_file"].to_list(), silver["source_line"].to_list()))
-        keys_in_silver = set(zip(silver["symbol"].to_list(),
-                                 [d.isoformat() for d in silver["date"].to_list()]))
-        rejected = {} if rejects is None else {
-            (f, line): rule for f, line, rule in zip(rejects["source_file"].to_list(),
-                                                     rejects["source_line"].to_list(),
-                                                     rejects["rule"].to_list())}
-        assert rejects is None or len(rejected) == rejects.height, "a reject is counted twice"
-        assert len(in_silver) == silver.height, "a silver row is counted twice"
-        superseded = 0
-        for row in bronze.iter_rows(named=True):
-            where = (row["source_file"], row["source_line"])
-            places = (where in in_silver) + (where in rejected)
-            assert places <= 1, f"bronze row {where} is both in silver and rejected"
-            if places == 0:
-                # Superseded: valid, but a later delivery of its symbol and date won.
-                key = ((row["symbol"] or "").strip(), (row["date"] or "").strip())
-                assert key in keys_in_silver, f"bronze row {where} {row} is lost"
-                superseded += 1
-            elif where in rejected:
-                assert rejected[where], where
-        assert bronze.height == silver.height + len(rejected) + superseded
+        silver, rejected, superseded, keys_in_silver = row_invariant(lake, bronze)
         STATS.update(cases=1, files=len(files), ingested=ledger.filter(ledger["status"] == "ingested").height,
                      bronze=bronze.height, silver=silver.height, rejects=len(rejected),
                      superseded=superseded, rules=len(set(rejected.values())))

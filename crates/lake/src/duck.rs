@@ -14,6 +14,10 @@ use crate::{At, Lake, LakeError};
 /// so that callers (and tests running side by side) never see each other's.
 static DATABASE: Mutex<Option<duckdb::Connection>> = Mutex::new(None);
 
+/// DuckDB's memory limit unless QUANTLENS_DUCKDB_MEMORY says otherwise (DuckDB's syntax: `256MB`,
+/// `1GB`): what the worker may spend on a query's working set before DuckDB spills to disk.
+pub const DEFAULT_MEMORY: &str = "256MB";
+
 /// A connection to the process's DuckDB database, which never reaches for the network:
 /// extensions are either built in (parquet, json) or unavailable, and an attempt to download one
 /// would only stall a run. The `arrow` table function reads Arrow batches bound as parameters.
@@ -24,6 +28,16 @@ pub fn connect() -> duckdb::Result<duckdb::Connection> {
         conn.execute_batch(
             "SET autoinstall_known_extensions = false; SET autoload_known_extensions = false;",
         )?;
+        // DuckDB sizes its buffer pool from the machine's RAM (80%), not from the service's
+        // memory limit; a bounded pool spills to the temporary directory instead.
+        let limit =
+            std::env::var("QUANTLENS_DUCKDB_MEMORY").unwrap_or_else(|_| DEFAULT_MEMORY.into());
+        let temp = std::env::temp_dir().join(format!("quantlens-duckdb-{}", std::process::id()));
+        conn.execute_batch(&format!(
+            "SET memory_limit = '{}'; SET temp_directory = '{}';",
+            limit.replace('\'', "''"),
+            temp.display().to_string().replace('\'', "''")
+        ))?;
         conn.register_table_function::<duckdb::vtab::arrow::ArrowVTab>("arrow")?;
         *database = Some(conn);
     }

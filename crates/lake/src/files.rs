@@ -110,6 +110,21 @@ impl FileStore {
         result.bytes().await.map_err(|e| self.store_error(e))
     }
 
+    /// Like [`FileStore::read`], but `None` when the file is gone: a listing is only a moment's
+    /// view, and a file renamed or removed since is not an error for the reader.
+    pub async fn read_if_present(&self, name: &str) -> Result<Option<bytes::Bytes>, LakeError> {
+        let found = match self.store.get(&self.path_of(name)).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.store_error(e)),
+        };
+        match found.bytes().await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_error(e)),
+        }
+    }
+
     pub async fn write(&self, name: &str, contents: Vec<u8>) -> Result<(), LakeError> {
         self.store
             .put(&self.path_of(name), PutPayload::from(contents))

@@ -92,17 +92,28 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
             reported = done;
         }
         let names: Vec<String> = group.iter().map(|f| f.name.clone()).collect();
-        let contents: Vec<(String, _)> = futures::stream::iter(names)
+        let read: Vec<(String, _)> = futures::stream::iter(names)
             .map(|name| {
                 let store = store.clone();
                 async move {
-                    let bytes = store.read(&name).await?;
+                    let bytes = store.read_if_present(&name).await?;
                     Ok::<_, AssetError>((name, bytes))
                 }
             })
             .buffered(8)
             .try_collect()
             .await?;
+        // A file listed but gone when read was renamed or removed meanwhile: nothing to record.
+        // Under a new name it is in the next listing, so its rows are not lost.
+        let mut contents = Vec::with_capacity(read.len());
+        for (name, bytes) in read {
+            match bytes {
+                Some(bytes) => contents.push((name, bytes)),
+                None => (ctx.progress)(&format!(
+                    "landing file {name} disappeared before it was read (renamed or removed): skipped"
+                )),
+            }
+        }
         // Hashing and parsing are the CPU-heavy part of ingest: one file per core at a time.
         let known_before = &known;
         let ingested: Vec<(LedgerEntry, Option<Result<RecordBatch, AssetError>>)> = contents

@@ -56,7 +56,7 @@ impl Builtin {
                 }
                 Ok(nulls)
             }),
-            Builtin::Unique(columns) => unique(batches, columns),
+            Builtin::Unique(columns) => unique(batches, columns, KEYS_PER_PASS),
             Builtin::Range { column, min, max } => {
                 rows_where(batches, std::slice::from_ref(column), |arrays| {
                     outside(&arrays[0], min.as_ref(), max.as_ref())
@@ -182,7 +182,23 @@ fn outside(
 }
 
 /// Values of the columns that appear more than once: how many such values, and a sample.
-fn unique(batches: &[RecordBatch], names: &[String]) -> Result<Failing, String> {
+/// A hash of a key that is the same in every pass (the map's own hasher is seeded at random).
+fn fingerprint(key: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Keys counted per pass of [`unique`]: its hash map holds at most about this many, so checking
+/// a 5M-row output costs tens of MB rather than the half GB one map of every key would.
+const KEYS_PER_PASS: usize = 1 << 19;
+
+fn unique(
+    batches: &[RecordBatch],
+    names: &[String],
+    keys_per_pass: usize,
+) -> Result<Failing, String> {
     let Some(first) = batches.first() else {
         return Ok((0, Vec::new()));
     };
@@ -191,24 +207,35 @@ fn unique(batches: &[RecordBatch], names: &[String]) -> Result<Failing, String> 
         .map(|a| SortField::new(a.data_type().clone()))
         .collect();
     let converter = RowConverter::new(fields).map_err(|e| e.to_string())?;
-    // For each value: how often it occurs, and where it first did.
-    let mut seen: HashMap<Box<[u8]>, (u64, usize, usize)> = HashMap::new();
-    for (index, batch) in batches.iter().enumerate() {
-        let arrays = columns_of(batch, names)?;
-        let rows = converter
-            .convert_columns(&arrays)
-            .map_err(|e| e.to_string())?;
-        for row in 0..rows.num_rows() {
-            seen.entry(rows.row(row).as_ref().into())
-                .and_modify(|(count, _, _)| *count += 1)
-                .or_insert((1, index, row));
+    // Pass `p` counts the keys whose hash is `p` modulo the number of passes: equal keys hash
+    // alike, so each repeated key is found whole in exactly one pass.
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let passes = total.div_ceil(keys_per_pass).max(1) as u64;
+    let mut repeated: Vec<(usize, usize, u64)> = Vec::new();
+    for pass in 0..passes {
+        // For each key: how often it occurs, and where it first did.
+        let mut seen: HashMap<Box<[u8]>, (u64, usize, usize)> = HashMap::new();
+        for (index, batch) in batches.iter().enumerate() {
+            let arrays = columns_of(batch, names)?;
+            let rows = converter
+                .convert_columns(&arrays)
+                .map_err(|e| e.to_string())?;
+            for row in 0..rows.num_rows() {
+                let key = rows.row(row);
+                if passes > 1 && fingerprint(key.as_ref()) % passes != pass {
+                    continue;
+                }
+                seen.entry(key.as_ref().into())
+                    .and_modify(|(count, _, _)| *count += 1)
+                    .or_insert((1, index, row));
+            }
         }
+        repeated.extend(
+            seen.into_values()
+                .filter(|(count, _, _)| *count > 1)
+                .map(|(count, batch, row)| (batch, row, count)),
+        );
     }
-    let mut repeated: Vec<(usize, usize, u64)> = seen
-        .into_values()
-        .filter(|(count, _, _)| *count > 1)
-        .map(|(count, batch, row)| (batch, row, count))
-        .collect();
     repeated.sort_unstable();
     let mut sample = Vec::new();
     for (batch, row, count) in repeated.iter().take(SAMPLE_ROWS) {
@@ -216,4 +243,42 @@ fn unique(batches: &[RecordBatch], names: &[String]) -> Result<Failing, String> 
         sample.push(format!("{} x{count}", describe(names, &arrays, *row)?));
     }
     Ok((repeated.len() as u64, sample))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use quantlens_lake::arrow::array::Int64Array;
+    use quantlens_lake::arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn unique_finds_the_same_repeats_in_one_pass_or_many() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = |symbols: Vec<&str>, n: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(symbols)),
+                    Arc::new(Int64Array::from(n)),
+                ],
+            )
+            .unwrap()
+        };
+        let batches = [
+            batch(vec!["A", "B", "C", "A"], vec![1, 1, 1, 1]),
+            batch(vec!["B", "D", "A", "E"], vec![1, 1, 2, 1]),
+        ];
+        let names = ["symbol".to_string(), "n".to_string()];
+        let once = unique(&batches, &names, KEYS_PER_PASS).unwrap();
+        assert_eq!(once.0, 2, "(A, 1) and (B, 1) repeat");
+        for keys_per_pass in [1, 2, 3] {
+            assert_eq!(unique(&batches, &names, keys_per_pass).unwrap(), once);
+        }
+    }
 }

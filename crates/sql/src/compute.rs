@@ -84,9 +84,23 @@ pub(crate) async fn compute(
     match plan(&ctx, &upstream).await? {
         Plan::Unchanged(reason) => Ok(Outcome::Unchanged { reason }),
         Plan::Rebuild => {
-            let range = upstream_months(&upstream)?;
+            let months = upstream_months(&upstream)?;
+            let (Some(first), Some(last)) = (months.first(), months.last()) else {
+                let batches = run_query(&views, &asset, Some(Range::everything()), None)?;
+                return Ok(Outcome::Materialized(Materialization::overwrite(batches)));
+            };
+            let range = Range::months(first, last);
             (ctx.progress)(&format!("rebuilding from {} to {}", range.start, range.end));
-            let batches = run_query(&views, &asset, Some(range), None)?;
+            // A piece (a year) of months per query, exact as an update's: the query reads its
+            // own look-back through $start. DuckDB's working set stays that of one piece.
+            let mut batches = Vec::new();
+            let mut done: Option<String> = None;
+            while let Some(piece) = Piece::next(&months, done.as_deref()) {
+                let first = piece.months.first().expect("a piece has months");
+                let range = Range::months(first, piece.through());
+                batches.extend(run_query(&views, &asset, Some(range), Some(&piece))?);
+                done = Some(piece.through().to_string());
+            }
             Ok(Outcome::Materialized(Materialization::overwrite(batches)))
         }
         Plan::Update {
@@ -116,16 +130,13 @@ pub(crate) async fn compute(
     }
 }
 
-/// The months the upstream tables hold, or every date when none of them is laid out by month.
-fn upstream_months(upstream: &[Table]) -> Result<Range, AssetError> {
+/// The months the upstream tables hold (none when none of them is laid out by month).
+fn upstream_months(upstream: &[Table]) -> Result<BTreeSet<String>, AssetError> {
     let mut months = BTreeSet::new();
     for table in upstream {
         months.extend(table.partition_values(MONTH)?);
     }
-    Ok(match (months.first(), months.last()) {
-        (Some(first), Some(last)) => Range::months(first, last),
-        _ => Range::everything(),
-    })
+    Ok(months)
 }
 
 /// Runs the asset's query after creating `views`. With a `range` ($start/$end bound to it) the

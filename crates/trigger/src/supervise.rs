@@ -51,6 +51,7 @@ const PASSED_VARS: &[&str] = &[
     "ASSETS_DIR",
     "QUANTLENS_KEEP_RUNS",
     "QUANTLENS_CACHE_DIR",
+    "QUANTLENS_DUCKDB_MEMORY",
     // The status report a run refreshes, and the freshness bound its banner shows.
     "QUANTLENS_REPORT",
     "QUANTLENS_MAX_AGE",
