@@ -5,9 +5,10 @@ connections.rs: 1,024 connections, a request head within 5 s, 100 header fields,
 10 s) and keeps answering /health meanwhile.
 
 Nothing here asserts a duration: /health latencies under attack are printed (-s) for the record,
-the assertions are on what the daemon answers, what it closes, and its memory afterwards. (The
-1,024-connection limit itself is not reached here: this machine's listen queue makes a client
-wait long before that.)"""
+the assertions are on what the daemon answers, what it closes, and its memory afterwards. The
+1,024-connection limit itself is reached by a second test: 1,100 silent connections, of which
+the daemon holds 1,024 and leaves the rest in the kernel's listen queue; /health then waits for
+a connection to be freed (at most the head timeout) and is answered."""
 
 import socket
 import statistics
@@ -133,6 +134,42 @@ def test_floods_slow_senders_and_endless_bodies_are_bounded(tmp_path):
                            timeout=30, interval=0.5, what="RSS back near idle")
         print(f"RSS: idle {idle_rss} KiB, afterwards {settled} KiB; fds {open_fds(daemon.pid)}")
         assert daemon.proc.poll() is None, daemon.log()
+    finally:
+        daemon.proc.terminate()
+        daemon.proc.wait(timeout=30)
+
+
+def test_the_connection_limit_is_reached_and_the_daemon_recovers(tmp_path):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = CONNECTIONS + 400
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        import pytest
+        pytest.skip(f"needs {wanted} file descriptors, the hard limit is {hard}")
+    # The daemon inherits the raised limit, as it has LimitNOFILE=65536 on the VM.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    worker = standin(tmp_path, "finish succeeded\n")
+    daemon = Daemon(tmp_path, worker)
+    try:
+        base_fds = open_fds(daemon.pid)
+        flood = []
+        for _ in range(CONNECTIONS + 76):  # the excess fits the listen queue (128 here)
+            flood.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=10))
+        held = wait_for(lambda: open_fds(daemon.pid) - base_fds >= CONNECTIONS
+                        and open_fds(daemon.pid) - base_fds, timeout=10, what="1,024 connections held")
+        assert held == CONNECTIONS, f"the daemon holds {held} connections, the limit is {CONNECTIONS}"
+        # A new client waits in the queue until the head timeout frees connections, then is served.
+        started = time.monotonic()
+        waited = daemon.get("/health", timeout=HEAD_TIMEOUT + 15)
+        latency = time.monotonic() - started
+        assert waited.status in (200, 503), waited
+        print(f"\n{len(flood)} silent connections: the daemon held {held}; /health answered after "
+              f"{latency:.2f} s (the head timeout is {HEAD_TIMEOUT:.0f} s)")
+        assert all(closed_by_server(sock, HEAD_TIMEOUT + 10) for sock in flood), "a flood connection stayed open"
+        for sock in flood:
+            sock.close()
+        print(f"/health once the flood is gone: {describe(health_latencies(daemon, count=10))}")
+        assert wait_for(lambda: open_fds(daemon.pid) <= base_fds + 2, timeout=10, what="fds released")
     finally:
         daemon.proc.terminate()
         daemon.proc.wait(timeout=30)
