@@ -337,5 +337,7 @@ pub async fn restore(
         }
         restored.insert(table.key.clone(), table.version);
     }
+    // The logs were replaced, not committed to: snapshots loaded before are no guide.
+    lake.forget_snapshots();
     Ok(restored)
 }

@@ -12,6 +12,7 @@ mod error;
 mod files;
 mod location;
 pub mod maintain;
+mod snapshots;
 mod storage;
 mod table;
 

@@ -47,10 +47,12 @@ pub fn resolve_root(root: &str) -> Result<Url, LakeError> {
 }
 
 /// The lake rooted at DATA_ROOT, with the storage options object_store needs for remote roots.
+/// Clones share one cache of loaded snapshots ([`crate::snapshots`]).
 #[derive(Clone, Debug)]
 pub struct Lake {
     root: Url,
     storage_options: HashMap<String, String>,
+    pub(crate) snapshots: crate::snapshots::Snapshots,
 }
 
 impl Lake {
@@ -71,11 +73,18 @@ impl Lake {
         Ok(Lake {
             root,
             storage_options: HashMap::new(),
+            snapshots: Default::default(),
         })
     }
 
     pub fn root(&self) -> &Url {
         &self.root
+    }
+
+    /// Forgets the table snapshots loaded so far: the next loads read the logs from scratch.
+    /// Needed only after the logs were changed other than by commits (a restore).
+    pub fn forget_snapshots(&self) {
+        self.snapshots.forget();
     }
 
     pub fn storage_options(&self) -> &HashMap<String, String> {

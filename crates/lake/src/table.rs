@@ -180,6 +180,19 @@ impl Lake {
 
     /// Loads the table for `key`, or `None` when nothing has been committed there yet.
     pub async fn load(&self, key: &str, at: At) -> Result<Option<Table>, LakeError> {
+        let cacheable = match at {
+            At::Latest => Some(None),
+            At::Version(version) if version >= 0 => Some(Some(version as u64)),
+            _ => None,
+        };
+        if let Some(version) = cacheable {
+            if let Some(inner) = self.snapshots.load(key, version).await {
+                return Ok(Some(Table {
+                    key: key.to_string(),
+                    inner,
+                }));
+            }
+        }
         let builder = self.builder(key)?;
         let builder = match at {
             At::Version(version) if version < 0 => {
@@ -198,10 +211,15 @@ impl Lake {
             At::Latest => builder,
         };
         match builder.load().await {
-            Ok(inner) => Ok(Some(Table {
-                key: key.to_string(),
-                inner,
-            })),
+            Ok(inner) => {
+                if cacheable.is_some() {
+                    self.snapshots.remember(key, &inner);
+                }
+                Ok(Some(Table {
+                    key: key.to_string(),
+                    inner,
+                }))
+            }
             Err(DeltaTableError::NotATable(_))
             | Err(DeltaTableError::InvalidTableLocation(_))
             | Err(DeltaTableError::KernelError(delta_kernel::Error::InvalidTableLocation(_))) => {
