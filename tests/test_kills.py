@@ -4,8 +4,9 @@ then of daily runs, a few landing files delivered per round. Then every remainin
 and one clean run follows. Bronze must then hold each delivered row once, under one ingestion
 per file, the ledger must agree with bronze, and every table (rejects, silver, gold, the shipped
 SQL assets, the ledger) must equal, value for value, that of a lake built with no kills from the
-same files. After every kill the killed run's record, if it got one, reads `crashed` (or
-finished, when the kill came after its end), never `running`.
+same files. After every kill: the killed run's record, if it got one, reads `crashed` (or
+finished, when the kill came after its end), never `running`, and every table opens at a
+committed version and reads in full with Python deltalake.
 
 A kill can land anywhere: before the record, before the bronze commit, between it and the
 ledger's, between silver's commit and its rejects', in gold, in the SQL assets, after the end.
@@ -106,7 +107,10 @@ def test_kills_at_random_moments_ingest_every_file_exactly_once(tmp_path):
         kills += was_running
         phase = phase_of_kill(killed_lake, run_id) if was_running else "finished first"
         phases[phase] = phases.get(phase, 0) + 1
+        # No record claims a live run, which also means the lock is free (a record only reads
+        # crashed once nobody holds it); every table opens at a committed version and reads whole.
         assert not any(r["status"] in ("starting", "running") for r in killed_lake.runs())
+        contents(killed_lake)
 
     # The full build from empty, killed again and again, each attempt resuming the last.
     deliver(rehearsal, first)
