@@ -169,6 +169,8 @@ impl Staged {
 pub struct Table {
     key: String,
     pub(crate) inner: DeltaTable,
+    /// The lake's cache, for the commit files this table's history reads.
+    snapshots: crate::snapshots::Snapshots,
 }
 
 impl Lake {
@@ -190,6 +192,7 @@ impl Lake {
                 return Ok(Some(Table {
                     key: key.to_string(),
                     inner,
+                    snapshots: self.snapshots.clone(),
                 }));
             }
         }
@@ -218,6 +221,7 @@ impl Lake {
                 Ok(Some(Table {
                     key: key.to_string(),
                     inner,
+                    snapshots: self.snapshots.clone(),
                 }))
             }
             Err(DeltaTableError::NotATable(_))
@@ -621,14 +625,9 @@ impl Table {
     /// files) or a commit in between is no longer in the log. A reader that keeps up with an
     /// append-only table reads only what is new; on `None` it starts over from the whole table.
     pub async fn appended_since(&self, version: i64) -> Result<Option<Vec<TableFile>>, LakeError> {
-        let store = self.inner.log_store();
         let mut appended = HashSet::new();
         for v in version + 1..=self.version() {
-            let Some(bytes) = store
-                .read_commit_entry(v as u64)
-                .await
-                .map_err(delta(&self.key))?
-            else {
+            let Some(bytes) = self.commit_entry(v).await? else {
                 return Ok(None);
             };
             let actions =
@@ -792,23 +791,26 @@ impl Table {
         )
     }
 
-    /// Commits newest first, at most `limit` of them.
+    /// Commits newest first, at most `limit` of them (all still in the log without one).
     pub async fn history(&self, limit: Option<usize>) -> Result<Vec<Commit>, LakeError> {
-        let infos: Vec<_> = self
-            .inner
-            .history(limit)
-            .try_collect()
-            .await
-            .map_err(delta(&self.key))?;
         let latest = self.version();
-        Ok(infos
-            .into_iter()
-            .enumerate()
-            .map(|(i, info)| Commit {
-                version: info
-                    .read_version
-                    .map(|v| v as i64 + 1)
-                    .unwrap_or(latest - i as i64),
+        let oldest = limit.map_or(0, |n| (latest - n as i64 + 1).max(0));
+        let mut commits = Vec::new();
+        for version in (oldest..=latest).rev() {
+            // Older commits may have been cleaned up after a checkpoint: the history ends there.
+            let Some(bytes) = self.commit_entry(version).await? else {
+                break;
+            };
+            let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+                .map_err(delta(&self.key))?;
+            let Some(info) = actions.into_iter().find_map(|action| match action {
+                Action::CommitInfo(info) => Some(info),
+                _ => None,
+            }) else {
+                continue;
+            };
+            commits.push(Commit {
+                version,
                 timestamp: info
                     .timestamp
                     .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
@@ -817,8 +819,26 @@ impl Table {
                     .info
                     .get(METADATA_KEY)
                     .and_then(|v| serde_json::from_value(v.clone()).ok()),
-            })
-            .collect())
+            });
+        }
+        Ok(commits)
+    }
+
+    /// The bytes of the commit file of `version`, or `None` when it is not in the log.
+    async fn commit_entry(&self, version: i64) -> Result<Option<bytes::Bytes>, LakeError> {
+        if let Some(bytes) = self.snapshots.commit(&self.key, version) {
+            return Ok(Some(bytes));
+        }
+        let bytes = self
+            .inner
+            .log_store()
+            .read_commit_entry(version as u64)
+            .await
+            .map_err(delta(&self.key))?;
+        if let Some(bytes) = &bytes {
+            self.snapshots.remember_commit(&self.key, version, bytes);
+        }
+        Ok(bytes)
     }
 
     /// The lineage of the newest commit QuantLens wrote: what the table's content was computed
