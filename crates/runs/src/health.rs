@@ -440,37 +440,30 @@ mod tests {
             total_bytes: 1 << 30,
             low: true,
         };
-        let ok = Ok(Some(("r1".to_owned(), at("2026-11-29T06:00:00Z"))));
-        let report = judge(
-            &ok,
-            &Bound::MaxAge(DAY),
-            now,
-            None,
-            &[],
-            std::slice::from_ref(&full),
-        );
+        let with_full_disk = |last_success: &Result<Option<(String, DateTime<Utc>)>, String>| {
+            judge(
+                last_success,
+                &Bound::MaxAge(DAY),
+                now,
+                None,
+                &[],
+                std::slice::from_ref(&full),
+            )
+        };
+        let report = with_full_disk(&Ok(Some(("r1".to_owned(), at("2026-11-29T06:00:00Z")))));
         assert_eq!(report.status, "disk_full");
         assert_eq!(
             report.error.unwrap(),
             "the state directory (/var/lib/quantlens/state) has 12.0 KiB free of 1.0 GiB: \
              runs fail when they cannot write"
         );
-        let old = Ok(Some(("r1".to_owned(), at("2026-11-27T12:00:00Z"))));
-        let report = judge(
-            &old,
-            &Bound::MaxAge(DAY),
-            now,
-            None,
-            &[],
-            std::slice::from_ref(&full),
-        );
+        let report = with_full_disk(&Ok(Some(("r1".to_owned(), at("2026-11-27T12:00:00Z")))));
         assert_eq!(report.status, "disk_full");
         assert!(report
             .error
             .unwrap()
             .contains("; and the last successful run finished"));
-        let unreadable = Err("permission denied".into());
-        let report = judge(&unreadable, &Bound::MaxAge(DAY), now, None, &[], &[full]);
+        let report = with_full_disk(&Err("permission denied".into()));
         assert_eq!(report.status, "error");
         assert_eq!(human_bytes(1023), "1023 B");
 
