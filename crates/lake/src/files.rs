@@ -140,3 +140,34 @@ impl FileStore {
             .map_err(|e| self.store_error(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_gone_since_the_listing_reads_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let store = FileStore::open(url.as_str()).unwrap();
+        store.write("prices_a.csv", b"x\n".to_vec()).await.unwrap();
+        let listed = store.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        std::fs::rename(
+            dir.path().join("prices_a.csv"),
+            dir.path().join("prices_b.csv"),
+        )
+        .unwrap();
+        assert!(store
+            .read_if_present("prices_a.csv")
+            .await
+            .unwrap()
+            .is_none());
+        let renamed = store.read_if_present("prices_b.csv").await.unwrap();
+        assert_eq!(renamed.as_deref(), Some(&b"x\n"[..]));
+        assert!(
+            store.read("prices_a.csv").await.is_err(),
+            "read still fails on a missing file"
+        );
+    }
+}
