@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use quantlens_graph::{AssetKey, AssetSpec};
 use quantlens_lake::arrow::array::RecordBatch;
 use quantlens_lake::arrow::datatypes::SchemaRef;
@@ -78,6 +79,10 @@ pub struct SideWrite {
 pub enum Output {
     /// Batches in memory: validated against the schema and checked before the commit.
     Batches(Vec<RecordBatch>),
+    /// Batches computed a piece at a time, for output too large to hold in memory at once: the
+    /// engine validates, checks and stages each piece as it comes and commits them all as one
+    /// version, so memory holds one piece. A check's verdict is the worst of its pieces'.
+    Pieces(BoxStream<'static, Result<Vec<RecordBatch>, AssetError>>),
     /// Files already written but not committed, for output too large to hold in memory (see
     /// `Lake::stage`). The engine commits them; assets that stage cannot have checks.
     Staged(Staged),
@@ -100,8 +105,13 @@ pub struct Materialization {
 
 impl Materialization {
     pub fn overwrite(batches: Vec<RecordBatch>) -> Materialization {
+        Materialization::overwrite_with(Output::Batches(batches))
+    }
+
+    /// Replaces the whole table with `output`.
+    pub fn overwrite_with(output: Output) -> Materialization {
         Materialization {
-            output: Output::Batches(batches),
+            output,
             mode: WriteMode::Overwrite,
             extra_metadata: Default::default(),
             side_writes: Vec::new(),

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use quantlens_lake::arrow::array::RecordBatch;
 use quantlens_lake::{At, CommitMetadata, Lake, Staged};
 use quantlens_runs::{
     AssetRun, AssetStatus, CheckResult, RunFiles, RunRecord, RunStatus, RunsError,
@@ -16,7 +18,7 @@ use quantlens_runs::{
 use serde_json::json;
 
 use crate::retry::jitter_seed;
-use crate::validate::{check_schema, expected_schema, run_checks};
+use crate::validate::{check_schema, expected_schema, merge_checks, run_checks};
 use crate::{
     freshness, Asset, AssetContext, AssetError, DateRange, ErrorKind, Materialization, Outcome,
     Output, OutputSchema, Registry,
@@ -351,26 +353,9 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
     } = materialization;
     let (staged, checks) = match output {
         Output::Batches(batches) => {
-            let (schema, origin) = expected_schema(asset, context, &batches).await?;
-            check_schema(&context.key, &schema, origin, &batches)?;
-            let checks = run_checks(asset, &batches);
-            if let Some(blocking) = checks.iter().find(|c| c.blocking && !c.passed) {
-                return Ok(AssetResult {
-                    status: Done::Failed(format!(
-                        "blocking check `{}` failed: {}; nothing committed",
-                        blocking.name, blocking.detail
-                    )),
-                    attempts: 0,
-                    checks,
-                });
-            }
-            let mut staged = Staged::partitioned(schema, asset.partition_by.clone());
-            context
-                .lake
-                .stage(&context.key, &mut staged, batches)
-                .await?;
-            (staged, checks)
+            stage_checked(asset, context, futures::stream::iter([Ok(batches)]).boxed()).await?
         }
+        Output::Pieces(pieces) => stage_checked(asset, context, pieces).await?,
         Output::Staged(staged) => {
             // Staged output was never in memory as a whole, so checks could not see it.
             if !asset.checks.is_empty() {
@@ -385,8 +370,22 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
                     context.key
                 )));
             }
-            (staged, Vec::new())
+            (Some(staged), Vec::new())
         }
+    };
+    let Some(staged) = staged else {
+        let blocking = checks
+            .iter()
+            .find(|c| c.blocking && !c.passed)
+            .expect("nothing staged only when a blocking check failed");
+        return Ok(AssetResult {
+            status: Done::Failed(format!(
+                "blocking check `{}` failed: {}; nothing committed",
+                blocking.name, blocking.detail
+            )),
+            attempts: 0,
+            checks,
+        });
     };
 
     let metadata = CommitMetadata {
@@ -427,6 +426,42 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         attempts: 0,
         checks,
     })
+}
+
+/// Validates, checks and stages output one piece at a time, so that only one piece is in memory;
+/// `None` staged when a blocking check failed (pieces already staged stay unreferenced files, as
+/// after a crash, and nothing is committed).
+async fn stage_checked(
+    asset: &Asset,
+    context: &AssetContext,
+    mut pieces: BoxStream<'static, Result<Vec<RecordBatch>, AssetError>>,
+) -> Result<(Option<Staged>, Vec<CheckResult>), AssetError> {
+    let mut staged: Option<Staged> = None;
+    let mut checks = Vec::new();
+    while let Some(batches) = pieces.try_next().await? {
+        let (schema, origin) = match &staged {
+            Some(staged) => (staged.schema().clone(), "the earlier pieces have"),
+            None => expected_schema(asset, context, &batches).await?,
+        };
+        check_schema(&context.key, &schema, origin, &batches)?;
+        merge_checks(&mut checks, run_checks(asset, &batches));
+        if checks.iter().any(|c| c.blocking && !c.passed) {
+            return Ok((None, checks));
+        }
+        let staged =
+            staged.get_or_insert_with(|| Staged::partitioned(schema, asset.partition_by.clone()));
+        context.lake.stage(&context.key, staged, batches).await?;
+    }
+    if staged.is_none() {
+        // No piece at all: an empty table, with the schema it must have.
+        let (schema, _) = expected_schema(asset, context, &[]).await?;
+        checks = run_checks(asset, &[]);
+        if checks.iter().any(|c| c.blocking && !c.passed) {
+            return Ok((None, checks));
+        }
+        staged = Some(Staged::partitioned(schema, asset.partition_by.clone()));
+    }
+    Ok((staged, checks))
 }
 
 /// Hands memory freed by the last asset back to the OS. glibc keeps freed heap in its arenas,

@@ -9,6 +9,20 @@ use quantlens_runs::CheckResult;
 
 use crate::{Asset, AssetContext, AssetError, OutputSchema};
 
+/// Folds the verdicts on one more piece of output into those on the pieces before: a check
+/// passes if it passed on every piece, and a failure keeps the first failing piece's detail.
+pub(crate) fn merge_checks(so_far: &mut Vec<CheckResult>, piece: Vec<CheckResult>) {
+    if so_far.is_empty() {
+        *so_far = piece;
+        return;
+    }
+    for (earlier, later) in so_far.iter_mut().zip(piece) {
+        if earlier.passed && !later.passed {
+            *earlier = later;
+        }
+    }
+}
+
 pub(crate) fn run_checks(asset: &Asset, batches: &[RecordBatch]) -> Vec<CheckResult> {
     asset
         .checks

@@ -356,3 +356,52 @@ async fn staged_output_is_committed_once_and_cannot_carry_checks() {
         "nothing new committed"
     );
 }
+
+#[tokio::test]
+async fn pieces_are_checked_one_by_one_and_committed_once() {
+    let fx = Fixture::new();
+    // Pieces 1,2 then 3,-4: a check fails on the second piece only.
+    let in_pieces = |blocking: bool| {
+        let mut pieced = asset("a/pieced", &[], constant(&[]));
+        pieced.compute = Arc::new(|_ctx: AssetContext| {
+            Box::pin(async move {
+                let pieces = futures::stream::iter([
+                    Ok(vec![batch(&[1, 2])]),
+                    Ok(vec![batch(&[3]), batch(&[-4])]),
+                ]);
+                Ok(Outcome::Materialized(Materialization::overwrite_with(
+                    quantlens_engine::Output::Pieces(Box::pin(pieces)),
+                )))
+            })
+        });
+        let positive = |batches: &[RecordBatch]| {
+            let negative = batches
+                .iter()
+                .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap())
+                .filter(|n| n.unwrap() < 0)
+                .count();
+            match negative {
+                0 => Ok(format!("{} batch(es) positive", batches.len())),
+                n => Err(format!("{n} negative")),
+            }
+        };
+        pieced.checks = vec![if blocking {
+            Check::blocking("positive", positive)
+        } else {
+            Check::warning("positive", positive)
+        }];
+        pieced
+    };
+    let record = fx.run(vec![in_pieces(false)], "*").await;
+    assert_eq!(status(&record, "a/pieced"), AssetStatus::Succeeded);
+    assert_eq!(record.assets[0].rows_written, Some(4));
+    let check = &record.assets[0].checks[0];
+    assert!(!check.passed && check.detail == "1 negative", "{check:?}");
+    assert_eq!(fx.rows("a/pieced").await, Some((0, 4)), "one version");
+
+    let record = fx.run(vec![in_pieces(true)], "*").await;
+    assert_eq!(status(&record, "a/pieced"), AssetStatus::Failed);
+    let error = record.assets[0].error.as_deref().unwrap();
+    assert!(error.contains("`positive` failed: 1 negative"), "{error}");
+    assert_eq!(fx.rows("a/pieced").await, Some((0, 4)), "nothing committed");
+}
