@@ -34,6 +34,10 @@ const PROGRESS: &str = "progress";
 /// Months committed at once by a long update: a year of 2000 symbols is about 500,000 rows.
 pub const PIECE_MONTHS: usize = 12;
 
+/// Rows a rebuild holds at once when it goes through its input a piece of months at a time, so
+/// that its memory depends on neither the history nor the number of symbols.
+pub const PIECE_ROWS: u64 = 1 << 20;
+
 /// Commits that rewrite or delete files without changing what the table holds.
 const NO_DATA_CHANGE: [&str; 3] = ["OPTIMIZE", "VACUUM START", "VACUUM END"];
 
@@ -228,6 +232,45 @@ impl Piece {
         Some(Piece {
             last: remaining.len() <= PIECE_MONTHS,
             months: remaining.into_iter().take(PIECE_MONTHS).cloned().collect(),
+        })
+    }
+
+    /// The next piece of `table`'s months after `done_through` for a rebuild: whole months, as
+    /// many as hold at most `max_rows` rows together (at least one, at most [`PIECE_MONTHS`]),
+    /// counted from the row counts the log keeps for each file (a file without one counts as
+    /// `max_rows`).
+    pub fn next_by_rows(
+        table: &Table,
+        done_through: Option<&str>,
+        max_rows: u64,
+    ) -> Result<Option<Piece>, AssetError> {
+        let mut rows: BTreeMap<String, u64> = BTreeMap::new();
+        for file in table.files()? {
+            if let Some(month) = file.partition_value(MONTH) {
+                if done_through.is_none_or(|done| month > done) {
+                    *rows.entry(month.to_string()).or_default() += file.rows.unwrap_or(max_rows);
+                }
+            }
+        }
+        Ok(Piece::first_within(&rows, max_rows))
+    }
+
+    /// The first months of `rows` (rows per month) that hold at most `max_rows` rows together:
+    /// at least one month, at most [`PIECE_MONTHS`].
+    fn first_within(rows: &BTreeMap<String, u64>, max_rows: u64) -> Option<Piece> {
+        let mut months = BTreeSet::new();
+        let mut held = 0;
+        for (month, month_rows) in rows {
+            if !months.is_empty() && (held + month_rows > max_rows || months.len() == PIECE_MONTHS)
+            {
+                break;
+            }
+            held += month_rows;
+            months.insert(month.clone());
+        }
+        (!months.is_empty()).then(|| Piece {
+            last: months.len() == rows.len(),
+            months,
         })
     }
 
@@ -448,6 +491,35 @@ pub async fn changes_since(upstream: &Table, since: i64) -> Result<Option<Change
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebuild_pieces_hold_whole_months_within_the_row_budget() {
+        let rows: BTreeMap<String, u64> = [("2020-01", 40), ("2020-02", 70), ("2020-03", 10)]
+            .into_iter()
+            .map(|(m, r)| (m.to_string(), r))
+            .collect();
+        let first = Piece::first_within(&rows, 100).unwrap();
+        assert_eq!(first.months.iter().collect::<Vec<_>>(), ["2020-01"]);
+        assert!(!first.last);
+        // A month larger than the budget is still a piece of its own.
+        let big = Piece::first_within(&rows, 30).unwrap();
+        assert_eq!(big.months.len(), 1);
+        let all = Piece::first_within(&rows, 1000).unwrap();
+        assert!(all.last && all.months.len() == 3);
+        let many: BTreeMap<String, u64> = (1..=30)
+            .map(|i| {
+                (
+                    format!("{:04}-{:02}", 2000 + (i - 1) / 12, (i - 1) % 12 + 1),
+                    1,
+                )
+            })
+            .collect();
+        assert_eq!(
+            Piece::first_within(&many, 1000).unwrap().months.len(),
+            PIECE_MONTHS
+        );
+        assert!(Piece::first_within(&BTreeMap::new(), 10).is_none());
+    }
 
     #[test]
     fn pieces_cover_the_months_in_order_and_resume_after_the_last_done() {

@@ -10,8 +10,10 @@ use quantlens_runs::CheckResult;
 use crate::{Asset, AssetContext, AssetError, OutputSchema};
 
 /// Folds the verdicts on one more piece of output into those on the pieces before: a check
-/// passes if it passed on every piece, and a failure keeps the first failing piece's detail.
+/// passes if it passed on every piece, and a failure keeps the first failing piece's detail
+/// (saying so when later pieces fail too).
 pub(crate) fn merge_checks(so_far: &mut Vec<CheckResult>, piece: Vec<CheckResult>) {
+    const MORE: &str = " (in the first failing piece of the output; later pieces fail too)";
     if so_far.is_empty() {
         *so_far = piece;
         return;
@@ -19,6 +21,8 @@ pub(crate) fn merge_checks(so_far: &mut Vec<CheckResult>, piece: Vec<CheckResult
     for (earlier, later) in so_far.iter_mut().zip(piece) {
         if earlier.passed && !later.passed {
             *earlier = later;
+        } else if !earlier.passed && !later.passed && !earlier.detail.ends_with(MORE) {
+            earlier.detail.push_str(MORE);
         }
     }
 }

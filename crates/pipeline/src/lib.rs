@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! landing/*.csv -> bronze/prices (+ bronze/landing_files) -> silver/prices (+ silver/prices_rejects)
-//!               -> gold/returns (Polars) -> gold/market_daily (DuckDB)
+//!               -> gold/returns (Polars) -> gold/market_daily
 //! ```
 
 pub mod bronze;

@@ -1,0 +1,154 @@
+//! `gold/market_daily`: per day over gold/returns, how many symbols traded, their mean log return,
+//! how many rose and fell, and the day's traded value. The sums are exact sums rounded once
+//! ([`ExactSum`]), so a day's values depend on its rows alone, not on the order a rebuild or an
+//! update happens to read them in; one pass over the rows, without sorting them (DuckDB needed
+//! a sort per day to make its sums deterministic, 1 s of the 5M-row build against 0.2 s).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use quantlens_engine::incremental::{self, plan, Piece, Plan, MONTH, PIECE_ROWS};
+use quantlens_engine::{Asset, AssetContext, AssetError, Materialization, Outcome, OutputSchema};
+use quantlens_lake::arrow::array::{Array, Date32Array, Float64Array, Int64Array, RecordBatch};
+use quantlens_lake::arrow::compute::concat_batches;
+use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use quantlens_lake::{Table, TableFile};
+
+use super::exact_sum::ExactSum;
+use super::{
+    arrow_error, drop_month, keep_days, split_by_month, without_month, MARKET_DAILY, RETURNS,
+};
+use crate::columns::typed_column;
+
+const RETURNS_COLUMNS: [&str; 4] = ["date", "close", "volume", "log_return"];
+
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("date", DataType::Date32, false),
+        Field::new("symbols", DataType::Int64, false),
+        Field::new("mean_return", DataType::Float64, true),
+        Field::new("advancers", DataType::Int64, false),
+        Field::new("decliners", DataType::Int64, false),
+        Field::new("dollar_volume", DataType::Float64, true),
+        Field::new(MONTH, DataType::Utf8, false),
+    ]))
+}
+
+pub fn asset() -> Asset {
+    Asset::new(MARKET_DAILY, OutputSchema::Declared(schema()), compute)
+        .deps(&[RETURNS])
+        .code_version("3")
+        .description(
+            "Per day: symbols, mean return, advancers, decliners, dollar volume (exact sums).",
+        )
+        .partitioned_by_month()
+}
+
+async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
+    let returns = ctx.upstream_table(RETURNS).await?;
+    match plan(&ctx, std::slice::from_ref(&returns)).await? {
+        Plan::Unchanged(reason) => Ok(Outcome::Unchanged { reason }),
+        Plan::Rebuild => {
+            let mut daily = Vec::new();
+            let mut done: Option<String> = None;
+            while let Some(piece) = Piece::next_by_rows(&returns, done.as_deref(), PIECE_ROWS)? {
+                let files = incremental::files_in(&returns, &piece.months)?;
+                daily.extend(days_of(&returns, files, None).await?);
+                done = Some(piece.through().to_string());
+            }
+            Ok(Outcome::Materialized(Materialization::overwrite(daily)))
+        }
+        Plan::Update {
+            changes,
+            previous,
+            piece,
+            target,
+        } => {
+            let from = changes.earliest().expect("changes are not empty");
+            // The days before the first change keep their rows; the others are recomputed.
+            let mut days = Vec::new();
+            let mut kept = previous
+                .table
+                .scan_files(incremental::files_in(&previous.table, &piece.months)?, None)?;
+            while let Some(batch) = kept.try_next().await? {
+                days.push(keep_days(&drop_month(&batch)?, |day| day < from)?);
+            }
+            let files = incremental::files_in(&returns, &piece.months)?;
+            for batch in days_of(&returns, files, Some(from)).await? {
+                days.push(drop_month(&batch)?);
+            }
+            let days = concat_batches(&without_month(&schema()), &days).map_err(arrow_error)?;
+            Ok(Outcome::Materialized(piece.update_commit(
+                split_by_month(&schema(), days)?,
+                &changes,
+                target,
+                &previous,
+                false,
+            )))
+        }
+    }
+}
+
+/// One day's running aggregates.
+#[derive(Default)]
+struct Day {
+    symbols: i64,
+    returns: i64,
+    return_sum: ExactSum,
+    advancers: i64,
+    decliners: i64,
+    dollar_volume: ExactSum,
+}
+
+/// The market_daily rows of the dates in `files` (files of gold/returns), from the day `from` on
+/// when given, one batch per month in date order.
+async fn days_of(
+    returns: &Table,
+    files: Vec<TableFile>,
+    from: Option<i32>,
+) -> Result<Vec<RecordBatch>, AssetError> {
+    let mut days: BTreeMap<i32, Day> = BTreeMap::new();
+    let mut batches = returns.scan_files(files, Some(&RETURNS_COLUMNS))?;
+    while let Some(batch) = batches.try_next().await? {
+        let dates = typed_column::<Date32Array>(&batch, "date")?;
+        let close = typed_column::<Float64Array>(&batch, "close")?;
+        let volume = typed_column::<Int64Array>(&batch, "volume")?;
+        let log_return = typed_column::<Float64Array>(&batch, "log_return")?;
+        for row in 0..batch.num_rows() {
+            let date = dates.value(row);
+            if from.is_some_and(|from| date < from) {
+                continue;
+            }
+            let day = days.entry(date).or_default();
+            day.symbols += 1;
+            day.dollar_volume
+                .add(close.value(row) * volume.value(row) as f64);
+            if log_return.is_valid(row) {
+                let value = log_return.value(row);
+                day.returns += 1;
+                day.return_sum.add(value);
+                day.advancers += i64::from(value > 0.0);
+                day.decliners += i64::from(value < 0.0);
+            }
+        }
+    }
+    let column = |value: fn(&Day) -> i64| Int64Array::from_iter_values(days.values().map(value));
+    let daily = RecordBatch::try_new(
+        without_month(&schema()),
+        vec![
+            Arc::new(Date32Array::from_iter_values(days.keys().copied())),
+            Arc::new(column(|d| d.symbols)),
+            Arc::new(Float64Array::from_iter(days.values().map(|d| {
+                (d.returns > 0).then(|| d.return_sum.value() / d.returns as f64)
+            }))),
+            Arc::new(column(|d| d.advancers)),
+            Arc::new(column(|d| d.decliners)),
+            Arc::new(Float64Array::from_iter_values(
+                days.values().map(|d| d.dollar_volume.value()),
+            )),
+        ],
+    )
+    .map_err(arrow_error)?;
+    split_by_month(&schema(), daily)
+}
