@@ -438,7 +438,9 @@ async fn stage_checked(
 ) -> Result<(Option<Staged>, Vec<CheckResult>), AssetError> {
     let mut staged: Option<Staged> = None;
     let mut checks = Vec::new();
+    let mut count = 0;
     while let Some(batches) = pieces.try_next().await? {
+        count += 1;
         let (schema, origin) = match &staged {
             Some(staged) => (staged.schema().clone(), "the earlier pieces have"),
             None => expected_schema(asset, context, &batches).await?,
@@ -460,6 +462,14 @@ async fn stage_checked(
             return Ok((None, checks));
         }
         staged = Some(Staged::partitioned(schema, asset.partition_by.clone()));
+    }
+    if count > 1 {
+        for check in checks.iter_mut().filter(|c| c.passed) {
+            check.detail = format!(
+                "{} (the first of {count} pieces; each passed)",
+                check.detail
+            );
+        }
     }
     Ok((staged, checks))
 }

@@ -385,11 +385,14 @@ async fn pieces_are_checked_one_by_one_and_committed_once() {
                 n => Err(format!("{n} negative")),
             }
         };
-        pieced.checks = vec![if blocking {
-            Check::blocking("positive", positive)
-        } else {
-            Check::warning("positive", positive)
-        }];
+        pieced.checks = vec![
+            if blocking {
+                Check::blocking("positive", positive)
+            } else {
+                Check::warning("positive", positive)
+            },
+            Check::warning("counted", |b| Ok(format!("{} batch(es)", b.len()))),
+        ];
         pieced
     };
     let record = fx.run(vec![in_pieces(false)], "*").await;
@@ -397,6 +400,11 @@ async fn pieces_are_checked_one_by_one_and_committed_once() {
     assert_eq!(record.assets[0].rows_written, Some(4));
     let check = &record.assets[0].checks[0];
     assert!(!check.passed && check.detail == "1 negative", "{check:?}");
+    let counted = &record.assets[0].checks[1];
+    assert_eq!(
+        counted.detail,
+        "1 batch(es) (the first of 2 pieces; each passed)"
+    );
     assert_eq!(fx.rows("a/pieced").await, Some((0, 4)), "one version");
 
     let record = fx.run(vec![in_pieces(true)], "*").await;

@@ -302,7 +302,7 @@ async fn backfill(
 /// Blocking: at most one row per (symbol, date). Silver is written sorted by (date, symbol), which
 /// makes this a single pass; unsorted input falls back to a hash set.
 fn unique_symbol_date(batches: &[RecordBatch]) -> Result<String, String> {
-    let mut previous: Option<(i32, String)> = None;
+    let mut previous: Option<(i32, &str)> = None;
     let mut sorted = true;
     let mut rows = 0usize;
     for batch in batches {
@@ -311,8 +311,8 @@ fn unique_symbol_date(batches: &[RecordBatch]) -> Result<String, String> {
         for i in 0..batch.num_rows() {
             rows += 1;
             let key = (dates.value(i), symbols.value(i));
-            if let Some((date, symbol)) = &previous {
-                match (*date, symbol.as_str()).cmp(&key) {
+            if let Some(previous) = previous {
+                match previous.cmp(&key) {
                     Ordering::Less => {}
                     Ordering::Equal => {
                         return Err(format!("duplicate row for ({}, day {})", key.1, key.0));
@@ -320,7 +320,7 @@ fn unique_symbol_date(batches: &[RecordBatch]) -> Result<String, String> {
                     Ordering::Greater => sorted = false,
                 }
             }
-            previous = Some((key.0, key.1.to_string()));
+            previous = Some(key);
         }
     }
     if !sorted {
