@@ -15,7 +15,7 @@ use quantlens_lake::arrow::array::{
     ArrayBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondArray,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{FileStore, Staged, WriteMode};
+use quantlens_lake::{FileStore, Staged, StoredFile, WriteMode};
 use rayon::prelude::*;
 
 use crate::columns::utc_timestamp;
@@ -27,9 +27,27 @@ use crate::ledger::{
 
 pub const PRICES: &str = "bronze/prices";
 
-/// Landing files read, parsed and written out together: enough rows for two Parquet writers
-/// to share the encoding, few enough to keep ingest memory small (~100 MB) on a backfill.
-const FILES_PER_BATCH: usize = 256;
+/// Bytes of landing files read, parsed and written out together: enough rows for two Parquet
+/// writers to share the encoding (about 500,000), few enough to keep ingest memory small (~200
+/// MB) however large or many the files are.
+const BYTES_PER_GROUP: u64 = 32 << 20;
+
+/// Consecutive files of about `budget` bytes together (at least one file per group).
+fn groups_by_size(files: &[StoredFile], budget: u64) -> Vec<&[StoredFile]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, file) in files.iter().enumerate() {
+        if index > start && bytes + file.size > budget {
+            groups.push(&files[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += file.size;
+    }
+    if start < files.len() {
+        groups.push(&files[start..]);
+    }
+    groups
+}
 
 pub fn prices_schema() -> SchemaRef {
     let mut fields = raw_fields();
@@ -84,10 +102,11 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
     // Bronze is the largest table: each group of files is written out as soon as it is parsed,
     // and the whole append is committed at once by the engine.
     let mut staged = Staged::new(prices_schema());
-    let (total, mut reported) = (candidates.len(), 0);
-    for (index, group) in candidates.chunks(FILES_PER_BATCH).enumerate() {
-        let done = ((index + 1) * FILES_PER_BATCH).min(total);
-        if total > 4 * FILES_PER_BATCH && (done == total || done - reported >= total / 10) {
+    let groups = groups_by_size(&candidates, BYTES_PER_GROUP);
+    let (total, many, mut done, mut reported) = (candidates.len(), groups.len() > 4, 0, 0);
+    for group in groups {
+        done += group.len();
+        if many && (done == total || done - reported >= total / 10) {
             (ctx.progress)(&format!("reading landing files: {done}/{total}"));
             reported = done;
         }
@@ -246,5 +265,33 @@ impl BronzeBuilder {
         ));
         RecordBatch::try_new(prices_schema(), columns)
             .map_err(|e| AssetError::data(format!("building a bronze batch: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landing_files_are_grouped_by_size_in_order() {
+        let files: Vec<StoredFile> = [10, 30, 25, 70, 5, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, size)| StoredFile {
+                name: format!("f{i}.csv"),
+                size: *size,
+                modified: Utc::now(),
+            })
+            .collect();
+        let sizes = |budget| -> Vec<Vec<u64>> {
+            groups_by_size(&files, budget)
+                .iter()
+                .map(|g| g.iter().map(|f| f.size).collect())
+                .collect()
+        };
+        assert_eq!(sizes(50), [vec![10, 30], vec![25], vec![70], vec![5, 5]]);
+        assert_eq!(sizes(1000), [vec![10, 30, 25, 70, 5, 5]]);
+        assert_eq!(sizes(1).len(), 6, "a file larger than the budget is a group of its own");
+        assert!(groups_by_size(&[], 10).is_empty());
     }
 }
