@@ -470,3 +470,32 @@ def test_full_refresh_of_an_up_to_date_lake_rewrites_identical_content(lake):
     lake.run("materialize", "--full-refresh")
     for key in DERIVED:
         assert_identical(lake.frame(key), updated[key], KEYS[key], f"{key}: daily vs refresh")
+
+
+def test_a_rebuild_a_piece_at_a_time_equals_a_rebuild_in_one_piece(lake):
+    """QUANTLENS_PIECE_ROWS bounds what a rebuild holds at once: silver (its candidates wait on
+    disk by month), gold/returns (each symbol's last 50 rows carried to the next piece) and
+    gold/market_daily rebuild a month or so at a time, and end equal to a one-piece rebuild,
+    bit for bit. A value that is not a number of rows fails the asset and changes nothing."""
+    deliveries = generate(lake, symbols=5, days=150, seed=12, start="2023-11-20")
+    deliver_and_run(lake, deliveries, "whole")
+    content = frames(lake, TABLES)
+
+    # About 105 rows a month here: a piece is one month.
+    lake.run("materialize", "--full-refresh", "--run-id", "pieces", QUANTLENS_PIECE_ROWS="150")
+    for key in DERIVED:
+        assert_identical(lake.frame(key), content[key], KEYS[key], f"{key} rebuilt in pieces")
+    checks = {a["key"]: a["checks"] for a in lake.run_record("pieces")["assets"]}
+    for key in ["silver/prices", "gold/returns"]:
+        detail = checks[key][0]["detail"]
+        pieces = int(re.search(r"the first of (\d+) pieces; each passed", detail).group(1))
+        assert pieces >= 7, (key, detail)
+
+    before = versions(lake)
+    failed = lake.run("materialize", "--full-refresh", "--run-id", "bad", expect=1,
+                      QUANTLENS_PIECE_ROWS="many")
+    silver = next(a for a in lake.run_record("bad")["assets"] if a["key"] == "silver/prices")
+    assert "QUANTLENS_PIECE_ROWS must be a positive number of rows, not `many`" in silver["error"], (
+        failed.stderr)
+    assert {k: v for k, v in versions(lake).items() if k in PARTITIONED} == {
+        k: v for k, v in before.items() if k in PARTITIONED}

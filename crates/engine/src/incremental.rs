@@ -35,8 +35,29 @@ const PROGRESS: &str = "progress";
 pub const PIECE_MONTHS: usize = 12;
 
 /// Rows a rebuild holds at once when it goes through its input a piece of months at a time, so
-/// that its memory depends on neither the history nor the number of symbols.
+/// that its memory depends on neither the history nor the number of symbols (see [`piece_rows`]).
 pub const PIECE_ROWS: u64 = 1 << 20;
+
+/// The variable that sets the rows of a rebuild's piece instead of [`PIECE_ROWS`]: fewer use less
+/// memory, more cost fewer passes.
+pub const PIECE_ROWS_VARIABLE: &str = "QUANTLENS_PIECE_ROWS";
+
+/// The rows a rebuild holds at once: `QUANTLENS_PIECE_ROWS` when set, else [`PIECE_ROWS`].
+pub fn piece_rows() -> Result<u64, AssetError> {
+    match std::env::var(PIECE_ROWS_VARIABLE) {
+        Err(_) => Ok(PIECE_ROWS),
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|rows| *rows > 0)
+            .ok_or_else(|| {
+                AssetError::data(format!(
+                    "{PIECE_ROWS_VARIABLE} must be a positive number of rows, not `{text}`"
+                ))
+            }),
+    }
+}
 
 /// Commits that rewrite or delete files without changing what the table holds.
 const NO_DATA_CHANGE: [&str; 3] = ["OPTIMIZE", "VACUUM START", "VACUUM END"];
@@ -257,7 +278,7 @@ impl Piece {
 
     /// The first months of `rows` (rows per month) that hold at most `max_rows` rows together:
     /// at least one month, at most [`PIECE_MONTHS`].
-    fn first_within(rows: &BTreeMap<String, u64>, max_rows: u64) -> Option<Piece> {
+    pub fn first_within(rows: &BTreeMap<String, u64>, max_rows: u64) -> Option<Piece> {
         let mut months = BTreeSet::new();
         let mut held = 0;
         for (month, month_rows) in rows {
@@ -268,10 +289,8 @@ impl Piece {
             held += month_rows;
             months.insert(month.clone());
         }
-        (!months.is_empty()).then(|| Piece {
-            last: months.len() == rows.len(),
-            months,
-        })
+        let last = months.len() == rows.len();
+        (!months.is_empty()).then_some(Piece { last, months })
     }
 
     pub fn through(&self) -> &str {

@@ -291,7 +291,11 @@ mod tests {
         };
         assert_eq!(sizes(50), [vec![10, 30], vec![25], vec![70], vec![5, 5]]);
         assert_eq!(sizes(1000), [vec![10, 30, 25, 70, 5, 5]]);
-        assert_eq!(sizes(1).len(), 6, "a file larger than the budget is a group of its own");
+        assert_eq!(
+            sizes(1).len(),
+            6,
+            "a file larger than the budget is a group of its own"
+        );
         assert!(groups_by_size(&[], 10).is_empty());
     }
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use quantlens_engine::{
-    Asset, AssetContext, AssetError, Check, DateRange, Materialization, Outcome, OutputSchema,
+    Asset, AssetContext, AssetError, Check, DateRange, Materialization, Outcome, Output,
+    OutputSchema,
 };
 use quantlens_lake::arrow::array::{Array, Date32Array, RecordBatch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -19,12 +20,13 @@ use quantlens_lake::{At, CommitMetadata, Table, TableFile, WriteMode};
 
 use crate::bronze;
 use crate::columns::{string_column, typed_column, utc_timestamp};
-use crate::rejects;
+use crate::rejects::{self, RejectsBuilder};
 use derivation::Derivation;
 use quantlens_engine::dates::months_between;
 use quantlens_engine::incremental::{self, Backfill, Changes, Piece, Previous, Progress, MONTH};
 
 mod derivation;
+mod spill;
 
 pub const PRICES: &str = "silver/prices";
 
@@ -85,17 +87,18 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
     }
 }
 
-/// Derives the whole table from every bronze row.
+/// Derives the whole table from every bronze row: one pass over bronze keeps the candidates on
+/// disk by month, then the engine takes the rows a piece of months at a time.
 async fn rebuild(bronze: &Table) -> Result<Outcome, AssetError> {
-    let mut derivation = Derivation::with_capacity(bronze.row_count()? as usize);
+    let mut derivation = Derivation::spilling()?;
     let mut batches = bronze.scan(None)?;
     while let Some(batch) = batches.try_next().await? {
         derivation.add_bronze(&batch, |_| true)?;
     }
-    let derived = derivation.finish()?;
-    let mut silver = Materialization::overwrite(derived.batches);
+    let rejects = std::mem::replace(&mut derivation.rejects, RejectsBuilder::new()).finish()?;
+    let mut silver = Materialization::overwrite_with(Output::Pieces(derivation.into_pieces()));
     silver.side_writes.push(rejects::side_write(
-        derived.rejects,
+        rejects,
         WriteMode::Overwrite,
         bronze.version(),
     ));

@@ -52,6 +52,7 @@ const PASSED_VARS: &[&str] = &[
     "QUANTLENS_KEEP_RUNS",
     "QUANTLENS_CACHE_DIR",
     "QUANTLENS_DUCKDB_MEMORY",
+    "QUANTLENS_PIECE_ROWS",
     // The status report a run refreshes, and the freshness bound its banner shows.
     "QUANTLENS_REPORT",
     "QUANTLENS_MAX_AGE",

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use quantlens_engine::incremental::{self, plan, Piece, Plan, MONTH, PIECE_ROWS};
+use quantlens_engine::incremental::{self, piece_rows, plan, Piece, Plan, MONTH};
 use quantlens_engine::{Asset, AssetContext, AssetError, Materialization, Outcome, OutputSchema};
 use quantlens_lake::arrow::array::{Array, Date32Array, Float64Array, Int64Array, RecordBatch};
 use quantlens_lake::arrow::compute::concat_batches;
@@ -52,7 +52,7 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
         Plan::Rebuild => {
             let mut daily = Vec::new();
             let mut done: Option<String> = None;
-            while let Some(piece) = Piece::next_by_rows(&returns, done.as_deref(), PIECE_ROWS)? {
+            while let Some(piece) = Piece::next_by_rows(&returns, done.as_deref(), piece_rows()?)? {
                 let files = incremental::files_in(&returns, &piece.months)?;
                 daily.extend(days_of(&returns, files, None).await?);
                 done = Some(piece.through().to_string());

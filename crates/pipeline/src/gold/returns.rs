@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use polars::prelude::{col, lit, IntoLazy, SortMultipleOptions};
 use quantlens_engine::dates::{day_of, month_start};
-use quantlens_engine::incremental::{self, plan, Changes, Piece, Plan, MONTH, PIECE_ROWS};
+use quantlens_engine::incremental::{self, piece_rows, plan, Changes, Piece, Plan, MONTH};
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, Materialization, Outcome, Output, OutputSchema,
 };
@@ -100,7 +100,7 @@ struct Rebuild {
     carry: Vec<RecordBatch>,
 }
 
-/// The whole table, a piece of silver's months at a time (about [`PIECE_ROWS`] rows).
+/// The whole table, a piece of silver's months at a time (about [`piece_rows`] rows).
 fn rebuild(silver: Table) -> BoxStream<'static, Result<Vec<RecordBatch>, AssetError>> {
     let start = Rebuild {
         silver,
@@ -109,7 +109,7 @@ fn rebuild(silver: Table) -> BoxStream<'static, Result<Vec<RecordBatch>, AssetEr
     };
     futures::stream::try_unfold(start, |mut state| async move {
         let Some(piece) =
-            Piece::next_by_rows(&state.silver, state.done_through.as_deref(), PIECE_ROWS)?
+            Piece::next_by_rows(&state.silver, state.done_through.as_deref(), piece_rows()?)?
         else {
             return Ok(None);
         };

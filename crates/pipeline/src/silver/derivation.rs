@@ -7,8 +7,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use futures::stream::{BoxStream, StreamExt};
 use quantlens_engine::dates::{day_of, month_of, month_start};
-use quantlens_engine::incremental::Changes;
+use quantlens_engine::incremental::{piece_rows, Changes, Piece};
 use quantlens_engine::AssetError;
 use quantlens_lake::arrow::array::{
     Array, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
@@ -20,6 +21,7 @@ use crate::landing::HEADER;
 use crate::rejects::RejectsBuilder;
 use crate::rules::validate;
 use crate::silver::prices_schema;
+use crate::silver::spill::Spill;
 
 /// Unused candidate capacity worth handing back while a rebuild turns candidates into rows.
 const SHRINK_SLACK: usize = 256 * 1024;
@@ -31,13 +33,65 @@ pub(super) struct Candidate {
     open: f64,
     high: f64,
     low: f64,
-    close: f64,
+    pub(super) close: f64,
     volume: i64,
     ingested_at: i64,
     file: u32,
     line: u32,
     /// From bronze rows this run reads, as opposed to a silver row it competes with.
     fresh: bool,
+}
+
+impl Candidate {
+    /// Appends the candidate's 65 bytes (little-endian fields, in declaration order).
+    pub(super) fn write_to(&self, bytes: &mut Vec<u8>) {
+        bytes.extend(self.symbol.to_le_bytes());
+        bytes.extend(self.date.to_le_bytes());
+        for price in [self.open, self.high, self.low, self.close] {
+            bytes.extend(price.to_le_bytes());
+        }
+        bytes.extend(self.volume.to_le_bytes());
+        bytes.extend(self.ingested_at.to_le_bytes());
+        bytes.extend(self.file.to_le_bytes());
+        bytes.extend(self.line.to_le_bytes());
+        bytes.push(u8::from(self.fresh));
+    }
+
+    /// The candidate [`Candidate::write_to`] wrote into `bytes`.
+    pub(super) fn read_from(bytes: &[u8]) -> Candidate {
+        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let long = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        Candidate {
+            symbol: word(0),
+            date: word(4) as i32,
+            open: f64::from_bits(long(8)),
+            high: f64::from_bits(long(16)),
+            low: f64::from_bits(long(24)),
+            close: f64::from_bits(long(32)),
+            volume: long(40) as i64,
+            ingested_at: long(48) as i64,
+            file: word(56),
+            line: word(60),
+            fresh: bytes[64] != 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn example(date: i32, close: f64) -> Candidate {
+        Candidate {
+            symbol: 1,
+            date,
+            open: close - 1.0,
+            high: close + 1.0,
+            low: close - 2.0,
+            close,
+            volume: -7,
+            ingested_at: i64::MIN,
+            file: u32::MAX,
+            line: 3,
+            fresh: true,
+        }
+    }
 }
 
 /// Interns strings to dense ids, so millions of rows carry 4-byte keys instead of strings.
@@ -88,6 +142,8 @@ pub(super) struct Derivation {
     pub(super) rejects: RejectsBuilder,
     /// Off for a backfill, which re-reads deliveries whose rejects are already recorded.
     pub(super) record_rejects: bool,
+    /// Where a rebuild keeps its candidates until their piece (instead of `candidates`).
+    spill: Option<Spill>,
 }
 
 impl Derivation {
@@ -98,7 +154,31 @@ impl Derivation {
             files: Interner::default(),
             rejects: RejectsBuilder::new(),
             record_rejects: true,
+            spill: None,
         }
+    }
+
+    /// A derivation whose candidates wait on disk, derived a piece of months at a time by
+    /// [`Derivation::into_pieces`].
+    pub(super) fn spilling() -> Result<Derivation, AssetError> {
+        let mut derivation = Derivation::with_capacity(0);
+        derivation.spill = Some(Spill::new()?);
+        Ok(derivation)
+    }
+
+    /// The silver rows of the spilled candidates, one piece of about [`piece_rows`] candidates
+    /// (whole months) at a time.
+    pub(super) fn into_pieces(self) -> BoxStream<'static, Result<Vec<RecordBatch>, AssetError>> {
+        futures::stream::try_unfold(self, |mut derivation| async move {
+            let spill = derivation.spill.as_mut().expect("a spilling derivation");
+            let Some(piece) = Piece::first_within(&spill.rows(), piece_rows()?) else {
+                return Ok(None);
+            };
+            let candidates = spill.take(&piece.months)?;
+            let (batches, _) = derivation.derive(candidates)?;
+            Ok(Some((batches, derivation)))
+        })
+        .boxed()
     }
 
     /// Validates bronze rows; valid rows dated on a day `keep` accepts become candidates.
@@ -120,19 +200,22 @@ impl Derivation {
                 std::array::from_fn(|i| raw[i].is_valid(row).then(|| raw[i].value(row)));
             match validate(&fields, field_count.value(row)) {
                 Ok(valid) if !keep(day_of(valid.date)) => {}
-                Ok(valid) => self.candidates.push(Candidate {
-                    symbol: self.symbols.id(valid.symbol),
-                    date: day_of(valid.date),
-                    open: valid.prices[0],
-                    high: valid.prices[1],
-                    low: valid.prices[2],
-                    close: valid.prices[3],
-                    volume: valid.volume,
-                    ingested_at: ingested_at.value(row),
-                    file: self.files.id(source_file.value(row)),
-                    line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
-                    fresh: true,
-                }),
+                Ok(valid) => {
+                    let candidate = Candidate {
+                        symbol: self.symbols.id(valid.symbol),
+                        date: day_of(valid.date),
+                        open: valid.prices[0],
+                        high: valid.prices[1],
+                        low: valid.prices[2],
+                        close: valid.prices[3],
+                        volume: valid.volume,
+                        ingested_at: ingested_at.value(row),
+                        file: self.files.id(source_file.value(row)),
+                        line: u32::try_from(source_line.value(row)).unwrap_or(u32::MAX),
+                        fresh: true,
+                    };
+                    self.hold(candidate)?;
+                }
                 Err(_) if !self.record_rejects => {}
                 Err(broken) => self.rejects.push(
                     &fields,
@@ -144,6 +227,16 @@ impl Derivation {
             }
         }
         Ok(())
+    }
+
+    fn hold(&mut self, candidate: Candidate) -> Result<(), AssetError> {
+        match &mut self.spill {
+            Some(spill) => spill.push(candidate),
+            None => {
+                self.candidates.push(candidate);
+                Ok(())
+            }
+        }
     }
 
     pub(super) fn add_silver(&mut self, batch: &RecordBatch) -> Result<(), AssetError> {
@@ -185,41 +278,52 @@ impl Derivation {
     }
 
     pub(super) fn finish(mut self) -> Result<Derived, AssetError> {
+        let candidates = std::mem::take(&mut self.candidates);
+        let (batches, changes) = self.derive(candidates)?;
+        Ok(Derived {
+            batches,
+            changes,
+            rejects: self.rejects.finish()?,
+        })
+    }
+
+    /// The winners among `candidates`, one batch per month, and the (symbol, date) rows that a
+    /// bronze row of this run won.
+    fn derive(
+        &self,
+        mut candidates: Vec<Candidate>,
+    ) -> Result<(Vec<RecordBatch>, Changes), AssetError> {
         // Sort so that each (symbol, date) group starts with the winning delivery, and the table
         // comes out in date order, so that each month is one contiguous run for the writers.
         let symbol_rank = self.symbols.ranks();
         let file_rank = self.files.ranks();
-        self.candidates.sort_unstable_by_key(|c: &Candidate| {
+        candidates.sort_unstable_by_key(|c: &Candidate| {
             (
                 c.date,
                 symbol_rank[c.symbol as usize],
                 Reverse((c.ingested_at, file_rank[c.file as usize], c.line)),
             )
         });
-        self.candidates.dedup_by_key(|c| (c.symbol, c.date));
+        candidates.dedup_by_key(|c| (c.symbol, c.date));
         let mut changes = Changes::default();
-        for winner in self.candidates.iter().filter(|c| c.fresh) {
+        for winner in candidates.iter().filter(|c| c.fresh) {
             changes.add(&self.symbols.names[winner.symbol as usize], winner.date);
         }
         // Month by month from the end, giving back the candidates' memory as the rows take theirs,
-        // so that a rebuild holds about one copy of the table rather than two.
+        // so that a derivation holds about one copy of its rows rather than two.
         let mut batches = Vec::new();
-        while let Some(last) = self.candidates.last() {
+        while let Some(last) = candidates.last() {
             let month = month_of(last.date);
             let first_day = month_start(last.date);
-            let start = self.candidates.partition_point(|c| c.date < first_day);
-            batches.push(self.batch(&self.candidates[start..], &month)?);
-            self.candidates.truncate(start);
-            if self.candidates.capacity() - self.candidates.len() > SHRINK_SLACK {
-                self.candidates.shrink_to_fit();
+            let start = candidates.partition_point(|c| c.date < first_day);
+            batches.push(self.batch(&candidates[start..], &month)?);
+            candidates.truncate(start);
+            if candidates.capacity() - candidates.len() > SHRINK_SLACK {
+                candidates.shrink_to_fit();
             }
         }
         batches.reverse();
-        Ok(Derived {
-            batches,
-            changes,
-            rejects: self.rejects.finish()?,
-        })
+        Ok((batches, changes))
     }
 
     /// The silver rows of one month's winners.
