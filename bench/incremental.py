@@ -304,6 +304,10 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_
             group = [r for k, r, ckpt in aged_runs if first <= k < first + 10 and not ckpt]
             if group:
                 print_stats(f"runs {first}-{min(first + 9, aged)}", window_stats(group))
+        walls = [(r.seconds, k) for k, r, _ in aged_runs]
+        worst = max(walls)
+        print(f"  all {len(walls)} daily runs: median {statistics.median(w for w, _ in walls):.3f} s, "
+              f"worst {worst[0]:.3f} s (run {worst[1]}), no maintain in between")
         for k, run, ckpt in aged_runs:
             if ckpt:
                 print_stats(f"run {k} (wrote the checkpoints of v{k})", window_stats([run]))

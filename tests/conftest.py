@@ -109,13 +109,14 @@ def table_keys(lake):
                   or any(log.glob("_last_checkpoint")))
 
 
-def contents(lake):
-    """Every table's rows, in a canonical order, without the columns that say when they were
-    written. Reading them all is also the check that every table opens and reads in full."""
+def contents(lake, drop=WHEN):
+    """Every table's rows, in a canonical order, without the columns `drop` names (by default
+    those that say when they were written; none to compare ingestion too). Reading them all is
+    also the check that every table opens and reads in full."""
     out = {}
     for key in table_keys(lake):
         frame = lake.frame(key)
-        frame = frame.select([c for c in frame.columns if c not in WHEN])
+        frame = frame.select([c for c in frame.columns if c not in drop])
         out[key] = frame.sort(frame.columns, nulls_last=True)
     return out
 

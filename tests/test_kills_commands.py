@@ -12,28 +12,17 @@ import random
 import shutil
 import time
 
-from conftest import Lake
+from conftest import Lake, assert_same_lake, contents
 from test_kills import killed
 
 SEED = 13
 KILLS = int(os.environ.get("QUANTLENS_COMMAND_KILLS", "5"))
-TABLES = ["bronze/prices", "bronze/landing_files", "silver/prices", "silver/prices_rejects",
-          "gold/returns", "gold/market_daily"]
 
 
-def contents(lake):
-    """Every table's rows in a canonical order: what no maintenance, backup or restore may change."""
-    out = {}
-    for key in TABLES:
-        frame = lake.frame(key)
-        out[key] = frame.sort(frame.columns, nulls_last=True)
-    return out
-
-
-def assert_same(expected, actual, what):
-    assert expected.keys() == actual.keys(), what
-    for key in expected:
-        assert expected[key].equals(actual[key]), f"{what}: {key} differs"
+def exact_contents(lake):
+    """Every table's rows, ingestion times included: what no maintenance, backup or restore may
+    change."""
+    return contents(lake, drop=())
 
 
 def timed(lake, *args):
@@ -49,7 +38,7 @@ def test_kills_during_maintain_backup_and_restore(tmp_path):
     for day in range(1, 21):
         lake.demo(symbols=40, days=day)
         lake.run("materialize")
-    before = contents(lake)
+    before = exact_contents(lake)
     counts = {"maintain": 0, "backup": 0, "restore": 0}
 
     # maintain: killed anywhere, the tables keep their data and the lock is free. Its duration
@@ -59,9 +48,9 @@ def test_kills_during_maintain_backup_and_restore(tmp_path):
     duration = timed(rehearsal, "maintain")
     for attempt in range(KILLS):
         counts["maintain"] += killed(lake, ["maintain"], rng.uniform(0, 1.2 * duration))
-        assert_same(before, contents(lake), f"after maintain kill {attempt}")
+        assert_same_lake(exact_contents(lake), before, f"after maintain kill {attempt}")
     lake.run("maintain")  # not 75: no stale lock
-    assert_same(before, contents(lake), "after a whole maintain")
+    assert_same_lake(exact_contents(lake), before, "after a whole maintain")
 
     # backup: only complete backups are listed; each verifies; the newest restores whole.
     target = tmp_path / "backups"
@@ -78,10 +67,10 @@ def test_kills_during_maintain_backup_and_restore(tmp_path):
             assert "verified" in verified.stdout
         complete = len(listed)
     lake.run("backup", "--to", str(target))
-    now = contents(lake)
+    now = exact_contents(lake)
     restored = Lake(tmp_path / "restored")
     restored.run("restore", "--from", str(target))
-    assert_same(now, contents(restored), "the newest backup restored")
+    assert_same_lake(exact_contents(restored), now, "the newest backup restored")
 
     # restore: a killed restore leaves a partial target; restore --force makes it whole.
     duration = timed(restored, "restore", "--from", str(target), "--force")
@@ -89,6 +78,6 @@ def test_kills_during_maintain_backup_and_restore(tmp_path):
         counts["restore"] += killed(restored, ["restore", "--from", str(target), "--force"],
                                     rng.uniform(0, 1.5 * duration))
         restored.run("restore", "--from", str(target), "--force")
-        assert_same(now, contents(restored), f"restore --force after restore kill {attempt}")
+        assert_same_lake(exact_contents(restored), now, f"restore --force after restore kill {attempt}")
     print(f"\nkills that hit a running command: {counts} of {KILLS} each")
     assert sum(counts.values()) >= KILLS, counts
