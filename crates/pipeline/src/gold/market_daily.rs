@@ -101,6 +101,43 @@ struct Day {
     dollar_volume: ExactSum,
 }
 
+/// Days by date, in a vector indexed from the earliest date seen (a piece spans months, so it
+/// stays small), since a map lookup per row was most of the pass.
+#[derive(Default)]
+struct Days {
+    first: i32,
+    days: Vec<Day>,
+}
+
+impl Days {
+    fn day(&mut self, date: i32) -> &mut Day {
+        if self.days.is_empty() {
+            self.first = date;
+        }
+        if date < self.first {
+            let earlier = (self.first - date) as usize;
+            self.days.splice(0..0, (0..earlier).map(|_| Day::default()));
+            self.first = date;
+        }
+        let index = (date - self.first) as usize;
+        if index >= self.days.len() {
+            self.days.resize_with(index + 1, Day::default);
+        }
+        &mut self.days[index]
+    }
+
+    /// The days that had rows, in date order.
+    fn into_sorted(self) -> BTreeMap<i32, Day> {
+        let first = self.first;
+        self.days
+            .into_iter()
+            .enumerate()
+            .filter(|(_, day)| day.symbols > 0)
+            .map(|(offset, day)| (first + offset as i32, day))
+            .collect()
+    }
+}
+
 /// The market_daily rows of the dates in `files` (files of gold/returns), from the day `from` on
 /// when given, one batch per month in date order.
 async fn days_of(
@@ -108,7 +145,7 @@ async fn days_of(
     files: Vec<TableFile>,
     from: Option<i32>,
 ) -> Result<Vec<RecordBatch>, AssetError> {
-    let mut days: BTreeMap<i32, Day> = BTreeMap::new();
+    let mut by_date = Days::default();
     let mut batches = returns.scan_files(files, Some(&RETURNS_COLUMNS))?;
     while let Some(batch) = batches.try_next().await? {
         let dates = typed_column::<Date32Array>(&batch, "date")?;
@@ -120,7 +157,7 @@ async fn days_of(
             if from.is_some_and(|from| date < from) {
                 continue;
             }
-            let day = days.entry(date).or_default();
+            let day = by_date.day(date);
             day.symbols += 1;
             day.dollar_volume
                 .add(close.value(row) * volume.value(row) as f64);
@@ -133,6 +170,7 @@ async fn days_of(
             }
         }
     }
+    let days = by_date.into_sorted();
     let column = |value: fn(&Day) -> i64| Int64Array::from_iter_values(days.values().map(value));
     let daily = RecordBatch::try_new(
         without_month(&schema()),
@@ -151,4 +189,28 @@ async fn days_of(
     )
     .map_err(arrow_error)?;
     split_by_month(&schema(), daily)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_come_out_in_date_order_whatever_order_rows_come_in() {
+        let mut days = Days::default();
+        for (date, close) in [(100, 1.0), (103, 2.0), (98, 3.0), (100, 4.0), (97, 5.0)] {
+            let day = days.day(date);
+            day.symbols += 1;
+            day.dollar_volume.add(close);
+        }
+        let sorted = days.into_sorted();
+        let got: Vec<(i32, i64, f64)> = sorted
+            .iter()
+            .map(|(date, day)| (*date, day.symbols, day.dollar_volume.value()))
+            .collect();
+        assert_eq!(
+            got,
+            [(97, 1, 5.0), (98, 1, 3.0), (100, 2, 5.0), (103, 1, 2.0)]
+        );
+    }
 }
