@@ -396,6 +396,34 @@ pub async fn previous(ctx: &AssetContext, upstream: &str) -> Result<Option<Previ
     }))
 }
 
+/// Why the asset's table needs no new version, when it needs none: its last commit was written
+/// by this code version from exactly the upstream versions pinned for this run, and no full
+/// refresh was asked for. For assets that rebuild whole (no change records to go by), so that a
+/// run with nothing new does not recompute them.
+pub async fn built_from_these_inputs(ctx: &AssetContext) -> Result<Option<String>, AssetError> {
+    if ctx.full_refresh || ctx.upstream.is_empty() {
+        return Ok(None);
+    }
+    let Some(table) = ctx.lake.load(&ctx.key, At::Latest).await? else {
+        return Ok(None);
+    };
+    let Some(lineage) = table.lineage().await? else {
+        return Ok(None);
+    };
+    if lineage.code_version != ctx.code_version || lineage.upstream != ctx.upstream {
+        return Ok(None);
+    }
+    let inputs: Vec<String> = ctx
+        .upstream
+        .iter()
+        .map(|(key, version)| format!("`{key}` version {version}"))
+        .collect();
+    Ok(Some(format!(
+        "built from these very inputs already: {}",
+        inputs.join(", ")
+    )))
+}
+
 /// What an incremental asset does this time.
 pub enum Plan {
     /// Rebuild the whole table: it is new, its code changed, a full refresh was asked for, or an

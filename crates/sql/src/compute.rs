@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use quantlens_engine::dates::day_of;
-use quantlens_engine::incremental::{plan, Changes, Piece, Plan, MONTH};
+use quantlens_engine::incremental::{built_from_these_inputs, plan, Changes, Piece, Plan, MONTH};
 use quantlens_engine::{AssetContext, AssetError, Materialization, Outcome};
 use quantlens_lake::arrow::array::{Array, RecordBatch, StringArray};
 use quantlens_lake::arrow::compute::concat_batches;
@@ -57,6 +57,17 @@ pub(crate) async fn compute(
     ctx: AssetContext,
     asset: Arc<SqlAsset>,
 ) -> Result<Outcome, AssetError> {
+    // A table rebuilt whole needs no new version when none of its inputs moved; a side table is
+    // read as it is now, without a pinned version, so an asset reading one is always rebuilt.
+    let every_input_pinned = asset
+        .views
+        .iter()
+        .all(|(_, t)| ctx.upstream.contains_key(t));
+    if asset.header.materialize == Materialize::Table && every_input_pinned {
+        if let Some(reason) = built_from_these_inputs(&ctx).await? {
+            return Ok(Outcome::Unchanged { reason });
+        }
+    }
     // DuckDB connections cannot cross an await, so every view is worked out first.
     let mut views = Vec::new();
     for (view, table) in &asset.views {
