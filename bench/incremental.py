@@ -19,7 +19,7 @@ times opening the tables, `quantlens assets --json` (opens all six) and Python d
 daily runs around that point; then runs `quantlens maintain` and measures again.
 
     cargo build --release -p quantlens
-    python3 bench/incremental.py [--days 2500 5000] [--daily 3] [--repeat 5] [--aged 100]
+    python3 bench/incremental.py [--days 2500 5000] [--daily 3] [--repeat 5] [--aged 100] [--no-sql-assets]
                                  [--log-runs 1000] [--only history|log] [--binary PATH]
 
 The whole default run takes about 30 minutes on 2 cores; `--only history` or `--only log` (or
@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from materialize import default_binary, machine  # noqa: E402
 
 CACHED_BINARY = "/root/.cache/quantlens/target/release/quantlens"
+NO_SQL_ASSETS = False  # --no-sql-assets: the four built-in layers only
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -184,6 +185,9 @@ def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_
     work, base = top / "work", top / "base"
     env = dict(os.environ, LANDING_DIR=str(landing), DATA_ROOT=str(work / "data"),
                STATE_DIR=str(work / "state"))
+    if NO_SQL_ASSETS:
+        (top / "no-assets").mkdir(parents=True, exist_ok=True)
+        env["ASSETS_DIR"] = str(top / "no-assets")
     print(f"\n=== history: {symbols} symbols x {days} trading days, then {daily} daily deliveries "
           f"x {repeat} repetitions ===")
 
@@ -484,6 +488,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default=None)
     parser.add_argument("--only", choices=["history", "log"], default=None)
+    parser.add_argument("--no-sql-assets", action="store_true",
+                        help="time the four built-in layers only (an empty ASSETS_DIR), not the "
+                             "SQL assets of ./assets")
     parser.add_argument("--symbols", type=int, default=2000)
     parser.add_argument("--days", type=int, nargs="+", default=[2500, 5000],
                         help="history lengths in trading days (default 2500 5000: 10 and 20 years)")
@@ -503,6 +510,8 @@ def main():
                         help="scratch directory to use instead of a new temporary one (each part "
                              "deletes its data when done; the directory itself is left)")
     args = parser.parse_args()
+    global NO_SQL_ASSETS
+    NO_SQL_ASSETS = args.no_sql_assets
     binary = pick_binary(args.binary)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-bench-incr-"))
     root.mkdir(parents=True, exist_ok=True)
