@@ -400,7 +400,9 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
         .lake
         .commit_staged(&context.key, staged, mode, &metadata)
         .await?;
+    let mut committed = vec![context.key.clone()];
     for side in side_writes {
+        committed.push(side.key.clone());
         let side_metadata = CommitMetadata {
             asset: side.key.clone(),
             extra: side.extra_metadata,
@@ -416,6 +418,12 @@ async fn attempt_once(asset: &Asset, context: &AssetContext) -> Result<AssetResu
                 &side_metadata,
             )
             .await?;
+    }
+    for key in committed {
+        if let Err(err) = context.lake.checkpoint_if_due(&key).await {
+            // A checkpoint only makes the table quicker to open; a later commit writes it.
+            (context.progress)(&format!("`{key}`: checkpoint not written ({err})"));
+        }
     }
     Ok(AssetResult {
         status: Done::Committed {

@@ -7,6 +7,7 @@
 
 pub mod backup;
 mod bridge;
+mod checkpoints;
 pub mod duck;
 mod error;
 mod files;

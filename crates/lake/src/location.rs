@@ -53,6 +53,7 @@ pub struct Lake {
     root: Url,
     storage_options: HashMap<String, String>,
     pub(crate) snapshots: crate::snapshots::Snapshots,
+    pub(crate) checkpoint_turn: crate::checkpoints::CheckpointTurn,
 }
 
 impl Lake {
@@ -74,6 +75,7 @@ impl Lake {
             root,
             storage_options: HashMap::new(),
             snapshots: Default::default(),
+            checkpoint_turn: Default::default(),
         })
     }
 

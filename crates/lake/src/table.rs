@@ -36,7 +36,7 @@ const LINEAGE_LOOKBACK: usize = 8;
 
 /// Commits between checkpoints. Opening a table replays every commit since its last checkpoint,
 /// and a daily run opens each table several times: delta-rs' default of 100 let a daily run slow
-/// down threefold before each checkpoint.
+/// down threefold before each checkpoint. When they are written: crate::checkpoints.
 const CHECKPOINT_INTERVAL: &str = "20";
 
 /// A table configuration with [`CHECKPOINT_INTERVAL`] set, unless it sets its own.
@@ -311,10 +311,13 @@ impl Lake {
             )))
         })?;
         let mut actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
-        let properties = CommitProperties::default().with_metadata([(
-            METADATA_KEY.to_string(),
-            serde_json::to_value(metadata).expect("commit metadata serializes"),
-        )]);
+        // Checkpoints are the lake's to schedule (crate::checkpoints), not the commit's.
+        let properties = CommitProperties::default()
+            .with_create_checkpoint(false)
+            .with_metadata([(
+                METADATA_KEY.to_string(),
+                serde_json::to_value(metadata).expect("commit metadata serializes"),
+            )]);
 
         let Some(table) = existing else {
             let created = deltalake::operations::create::CreateBuilder::new()

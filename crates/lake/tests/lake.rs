@@ -392,3 +392,65 @@ async fn appended_since_lists_new_files_until_the_table_does_more_than_append() 
         .unwrap();
     assert!(table.appended_since(v0).await.unwrap().is_none());
 }
+
+/// The version `_delta_log/_last_checkpoint` names, read as any Delta reader would.
+fn last_checkpoint(root: &std::path::Path, key: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(root.join(key).join("_delta_log/_last_checkpoint")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["version"].as_i64()
+}
+
+#[tokio::test]
+async fn checkpoints_come_every_twenty_commits_and_at_most_one_per_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let commit_all = |lake: Lake, keys: &'static [&'static str], commits: usize| async move {
+        let mut written = Vec::new();
+        for n in 0..commits {
+            for key in keys {
+                let rows = [("AAA", n as i64)];
+                lake.write(
+                    key,
+                    schema(),
+                    vec![batch(&rows)],
+                    WriteMode::Append,
+                    &metadata("r"),
+                )
+                .await
+                .unwrap();
+                if let Some(version) = lake.checkpoint_if_due(key).await.unwrap() {
+                    written.push((*key, version));
+                }
+            }
+        }
+        written
+    };
+    // One process commits 25 times to each of two tables: both are due after their 20th commit
+    // (version 19), and only the first gets its checkpoint.
+    let lake = Lake::open(root.to_str().unwrap()).unwrap();
+    let written = commit_all(lake, &["t/first", "t/second"], 25).await;
+    assert_eq!(written, [("t/first", 19)]);
+    assert_eq!(last_checkpoint(&root, "t/first"), Some(19));
+    assert_eq!(last_checkpoint(&root, "t/second"), None);
+
+    // The next process checkpoints the table still due.
+    let lake = Lake::open(root.to_str().unwrap()).unwrap();
+    let written = commit_all(lake, &["t/second", "t/first"], 1).await;
+    assert_eq!(written, [("t/second", 25)]);
+
+    // A table two intervals behind is checkpointed even when the process has written one.
+    let lake = Lake::open(root.to_str().unwrap()).unwrap();
+    let written = commit_all(lake, &["t/first", "t/second"], 21).await;
+    assert_eq!(
+        written,
+        [("t/first", 39)],
+        "second is due at 45, first's turn already used"
+    );
+    let lake = Lake::open(root.to_str().unwrap()).unwrap();
+    let written = commit_all(lake.clone(), &["t/third"], 1).await;
+    assert!(written.is_empty());
+    // third's one commit took nothing; second, 21 behind, takes the turn.
+    assert_eq!(lake.checkpoint_if_due("t/second").await.unwrap(), Some(46));
+    assert_eq!(last_checkpoint(&root, "t/second"), Some(46));
+    let reopened = lake.load("t/second", At::Latest).await.unwrap().unwrap();
+    assert_eq!(reopened.version(), 46);
+}
