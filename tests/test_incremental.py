@@ -190,6 +190,12 @@ def test_daily_runs_equal_a_full_refresh_and_a_single_run_over_all_files(lake):
             rows = Commit(lake, key, version).rows_added
             assert (rows > 0) == (run_id in rejecting), (version, run_id, rows)
 
+    # The ledger, read whole by every run, is rewritten as one file once it holds 16: its reads
+    # do not grow with the number of runs.
+    ledger_files = len(lake.delta("bronze/landing_files").file_uris())
+    assert 1 <= ledger_files <= 16, ledger_files
+    assert daily["bronze/landing_files"].height == sum(len(files) for _, files in deliveries)
+
     silver = daily["silver/prices"]
     assert silver["month"].n_unique() == len(months)
     symbols_on = {day: sorted(s) for day, s in silver.group_by(pl.col("date").cast(pl.String))

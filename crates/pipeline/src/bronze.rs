@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use crate::columns::utc_timestamp;
 use crate::landing::{is_candidate, parse_delivery, raw_fields, sha256_hex, RawColumns, RawRow};
 use crate::ledger::{
-    known_deliveries, ledger_batch, ledger_schema, CommittedFile, Fate, LedgerEntry, LEDGER,
-    REMOTE_CLOCK_SKEW_SECONDS,
+    known_deliveries, ledger_batch, ledger_schema, ledger_write, CommittedFile, Fate, LedgerEntry,
+    LEDGER, REMOTE_CLOCK_SKEW_SECONDS,
 };
 
 pub const PRICES: &str = "bronze/prices";
@@ -213,6 +213,7 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
         });
     }
 
+    let (ledger_batches, ledger_mode) = ledger_write(&ctx.lake, ledger_batch).await?;
     let mut extra = serde_json::Map::new();
     extra.insert("files".into(), serde_json::Value::Array(new_files));
     Ok(Outcome::Materialized(Materialization {
@@ -222,8 +223,8 @@ async fn compute(ctx: AssetContext, landing: String) -> Result<Outcome, AssetErr
         side_writes: vec![SideWrite {
             key: LEDGER.into(),
             schema: ledger_schema(),
-            batches: vec![ledger_batch],
-            mode: WriteMode::Append,
+            batches: ledger_batches,
+            mode: ledger_mode,
             extra_metadata: Default::default(),
         }],
         more: false,

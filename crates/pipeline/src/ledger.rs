@@ -13,12 +13,17 @@ use quantlens_lake::arrow::array::{
     Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{At, Lake, StoredFile};
+use quantlens_lake::{At, Lake, StoredFile, WriteMode};
 
 use crate::bronze::PRICES;
 use crate::columns::{string_column, typed_column, utc_timestamp};
 
 pub const LEDGER: &str = "bronze/landing_files";
+
+/// Files the ledger may hold before a bronze run rewrites it whole. Every run reads the whole
+/// ledger; one more small file per daily run made that read grow with the number of runs until
+/// `quantlens maintain` compacted it.
+const LEDGER_FILES_BEFORE_REWRITE: usize = 16;
 
 pub fn ledger_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -150,6 +155,29 @@ pub(crate) async fn known_deliveries(lake: &Lake) -> Result<(Known, Vec<LedgerEn
         }
     }
     Ok((known, recovered))
+}
+
+/// How a bronze run records `entries` (a [`ledger_batch`]): appended, or once the ledger holds
+/// [`LEDGER_FILES_BEFORE_REWRITE`] files, the whole ledger rewritten with them as one commit
+/// (the same rows, so a reader at any version sees a whole ledger).
+pub(crate) async fn ledger_write(
+    lake: &Lake,
+    entries: RecordBatch,
+) -> Result<(Vec<RecordBatch>, WriteMode), AssetError> {
+    let Some(table) = lake.load(LEDGER, At::Latest).await? else {
+        return Ok((vec![entries], WriteMode::Append));
+    };
+    if table.files()?.len() < LEDGER_FILES_BEFORE_REWRITE {
+        return Ok((vec![entries], WriteMode::Append));
+    }
+    let mut batches = Vec::new();
+    for batch in table.read(None).await? {
+        let batch = RecordBatch::try_new(ledger_schema(), batch.columns().to_vec())
+            .map_err(|e| AssetError::data(format!("rewriting the ledger: {e}")))?;
+        batches.push(batch);
+    }
+    batches.push(entries);
+    Ok((batches, WriteMode::Overwrite))
 }
 
 /// Bronze commits looked at first when searching for ones the ledger misses; the whole history is

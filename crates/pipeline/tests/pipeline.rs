@@ -126,11 +126,13 @@ impl Fixture {
         tables
     }
 
-    /// Forgets the table's last commit, as if the process had died just before making it.
+    /// Forgets the table's last commit, as if the process had died just before making it: the
+    /// next run starts with none of this one's loaded snapshots, as a new process would.
     fn forget_last_commit(&self, key: &str) {
         let log = self.root.join("data").join(key).join("_delta_log");
         let last = last_commit_file(&log);
         std::fs::remove_file(last).unwrap();
+        self.lake.forget_snapshots();
     }
 }
 
