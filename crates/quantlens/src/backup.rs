@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Subcommand};
 use quantlens_lake::backup::{self, Manifest};
 use quantlens_lake::{FileStore, Lake};
-use quantlens_runs::{exit, RunId, RunRecord, StateDir};
+use quantlens_runs::{exit, RunId, RunRecord, RunStatus, StateDir};
 
 use crate::output::print_table;
 use crate::{fail, take_run_lock, Failure, Locations};
@@ -209,16 +209,18 @@ async fn back_up(locations: &Locations, args: &BackupArgs) -> Result<i32, Failur
 /// How many of the newest run records a backup carries, besides the last success.
 const RUN_RECORDS_IN_BACKUP: usize = 50;
 
-/// The newest run records of `state`, and its last success if it is older than those.
+/// The newest run records of `state`, and its last success if it is older than those (one scan
+/// of the records: each is read once).
 fn run_records(state: &StateDir) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut records = state.list_runs(RUN_RECORDS_IN_BACKUP)?;
-    if let Some(last) = state.last_success()? {
-        if !records.iter().any(|r| r.run_id == last.run_id) {
-            records.push(last);
-        }
-    }
-    Ok(records
+    let every = state.list_runs(usize::MAX)?;
+    let last_success = every
         .iter()
+        .position(|r| r.status == RunStatus::Succeeded)
+        .filter(|index| *index >= RUN_RECORDS_IN_BACKUP);
+    Ok(every
+        .iter()
+        .take(RUN_RECORDS_IN_BACKUP)
+        .chain(last_success.map(|index| &every[index]))
         .map(serde_json::to_value)
         .collect::<Result<_, _>>()?)
 }
@@ -235,4 +237,52 @@ fn restore_run_records(state: &StateDir, manifest: &Manifest) -> anyhow::Result<
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_carries_the_newest_records_and_the_last_success() {
+        let root =
+            std::env::temp_dir().join(format!("quantlens-backup-runs-{}", std::process::id()));
+        let state = StateDir::new(&root);
+        state.create().unwrap();
+        let put = |n: usize, status| {
+            let mut record = RunRecord::new(RunId::parse(&format!("r{n:03}")).unwrap(), "cli", "*");
+            record.status = status;
+            state
+                .run_files(&record.run_id)
+                .write_record(&record)
+                .unwrap();
+        };
+        let ids = |values: Vec<serde_json::Value>| -> Vec<String> {
+            values
+                .iter()
+                .map(|v| v["run_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        put(0, RunStatus::Succeeded);
+        for n in 1..=RUN_RECORDS_IN_BACKUP + 4 {
+            put(n, RunStatus::Failed);
+        }
+        let carried = ids(run_records(&state).unwrap());
+        assert_eq!(carried.len(), RUN_RECORDS_IN_BACKUP + 1);
+        assert_eq!(carried[0], format!("r{:03}", RUN_RECORDS_IN_BACKUP + 4));
+        assert_eq!(
+            carried.last().unwrap(),
+            "r000",
+            "the last success, older than the rest"
+        );
+
+        put(RUN_RECORDS_IN_BACKUP + 5, RunStatus::Succeeded);
+        let carried = ids(run_records(&state).unwrap());
+        assert_eq!(
+            carried.len(),
+            RUN_RECORDS_IN_BACKUP,
+            "the last success is among the newest"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
