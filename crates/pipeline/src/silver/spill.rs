@@ -13,8 +13,9 @@ use quantlens_engine::AssetError;
 
 use super::derivation::Candidate;
 
-/// Candidates a month buffers before they are written out together (about 260 KB).
-const CHUNK: usize = 4096;
+/// Candidates a month buffers before they are written out together (about 70 KB: every month
+/// of the history has a buffer, 240 of them for 20 years).
+const CHUNK: usize = 1024;
 
 /// Bytes of one candidate on disk.
 const RECORD: usize = 65;
