@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from materialize import default_binary, machine  # noqa: E402
 
 CACHED_BINARY = "/root/.cache/quantlens/target/release/quantlens"
-NO_SQL_ASSETS = False  # --no-sql-assets: the four built-in layers only
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -179,13 +178,14 @@ def summarise(label, values, unit, fmt="{:.3f}"):
 # Part 1: daily runs on a large history
 
 
-def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_repeat, aged):
+def history(binary, root, symbols, days, daily, repeat, verbose, backdate, full_repeat, aged,
+            no_sql_assets=False):
     top = root / f"history-{days}"
     landing, next_dir = top / "landing", top / "next"
     work, base = top / "work", top / "base"
     env = dict(os.environ, LANDING_DIR=str(landing), DATA_ROOT=str(work / "data"),
                STATE_DIR=str(work / "state"))
-    if NO_SQL_ASSETS:
+    if no_sql_assets:  # the four built-in layers only
         (top / "no-assets").mkdir(parents=True, exist_ok=True)
         env["ASSETS_DIR"] = str(top / "no-assets")
     print(f"\n=== history: {symbols} symbols x {days} trading days, then {daily} daily deliveries "
@@ -510,8 +510,6 @@ def main():
                         help="scratch directory to use instead of a new temporary one (each part "
                              "deletes its data when done; the directory itself is left)")
     args = parser.parse_args()
-    global NO_SQL_ASSETS
-    NO_SQL_ASSETS = args.no_sql_assets
     binary = pick_binary(args.binary)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-bench-incr-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -521,7 +519,7 @@ def main():
         if args.only != "log":
             for days in args.days:
                 history(binary, root, args.symbols, days, args.daily, args.repeat, args.verbose,
-                        not args.fresh_history, args.full_repeat, args.aged)
+                        not args.fresh_history, args.full_repeat, args.aged, args.no_sql_assets)
         if args.only != "history" and args.log_runs > 0:
             marks = {m for m in (10, 99, 100, 250, 500, 999, 1000) if m <= args.log_runs} | {args.log_runs}
             log_growth(binary, root, args.log_symbols, args.log_runs, marks, args.log_times)

@@ -54,7 +54,10 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
             let mut done: Option<String> = None;
             while let Some(piece) = Piece::next_by_rows(&returns, done.as_deref(), piece_rows()?)? {
                 let files = incremental::files_in(&returns, &piece.months)?;
-                daily.extend(days_of(&returns, files, None).await?);
+                daily.extend(split_by_month(
+                    &schema(),
+                    days_of(&returns, files, None).await?,
+                )?);
                 done = Some(piece.through().to_string());
             }
             Ok(Outcome::Materialized(Materialization::overwrite(daily)))
@@ -75,9 +78,7 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
                 days.push(keep_days(&drop_month(&batch)?, |day| day < from)?);
             }
             let files = incremental::files_in(&returns, &piece.months)?;
-            for batch in days_of(&returns, files, Some(from)).await? {
-                days.push(drop_month(&batch)?);
-            }
+            days.push(days_of(&returns, files, Some(from)).await?);
             let days = concat_batches(&without_month(&schema()), &days).map_err(arrow_error)?;
             Ok(Outcome::Materialized(piece.update_commit(
                 split_by_month(&schema(), days)?,
@@ -139,12 +140,12 @@ impl Days {
 }
 
 /// The market_daily rows of the dates in `files` (files of gold/returns), from the day `from` on
-/// when given, one batch per month in date order.
+/// when given, in date order and without the month column.
 async fn days_of(
     returns: &Table,
     files: Vec<TableFile>,
     from: Option<i32>,
-) -> Result<Vec<RecordBatch>, AssetError> {
+) -> Result<RecordBatch, AssetError> {
     let mut by_date = Days::default();
     let mut batches = returns.scan_files(files, Some(&RETURNS_COLUMNS))?;
     while let Some(batch) = batches.try_next().await? {
@@ -172,7 +173,7 @@ async fn days_of(
     }
     let days = by_date.into_sorted();
     let column = |value: fn(&Day) -> i64| Int64Array::from_iter_values(days.values().map(value));
-    let daily = RecordBatch::try_new(
+    RecordBatch::try_new(
         without_month(&schema()),
         vec![
             Arc::new(Date32Array::from_iter_values(days.keys().copied())),
@@ -187,8 +188,7 @@ async fn days_of(
             )),
         ],
     )
-    .map_err(arrow_error)?;
-    split_by_month(&schema(), daily)
+    .map_err(arrow_error)
 }
 
 #[cfg(test)]

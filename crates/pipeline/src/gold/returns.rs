@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use polars::prelude::{col, lit, IntoLazy, SortMultipleOptions};
-use quantlens_engine::dates::{day_of, month_start};
+use quantlens_engine::dates::day_of;
 use quantlens_engine::incremental::{self, piece_rows, plan, Changes, Piece, Plan, MONTH};
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, Materialization, Outcome, Output, OutputSchema,
@@ -20,8 +20,9 @@ use quantlens_engine::{
 use quantlens_lake::arrow::array::{
     Array, ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch,
 };
+use quantlens_lake::arrow::array::{BooleanArray, UInt32Array};
 use quantlens_lake::arrow::buffer::NullBuffer;
-use quantlens_lake::arrow::compute::concat_batches;
+use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{batches_to_polars, polars_to_batches, Table};
 
@@ -142,9 +143,10 @@ fn returns_of_piece(
 
 fn first_day_of(piece: &Piece) -> i32 {
     let first = piece.months.first().expect("a piece has months");
-    let date = chrono::NaiveDate::parse_from_str(&format!("{first}-01"), "%Y-%m-%d")
-        .expect("partition values are YYYY-MM");
-    month_start(day_of(date))
+    day_of(
+        chrono::NaiveDate::parse_from_str(&format!("{first}-01"), "%Y-%m-%d")
+            .expect("partition values are YYYY-MM"),
+    )
 }
 
 /// The silver columns of the last `count` rows of each symbol (rows in symbol, date order).
@@ -157,11 +159,7 @@ fn last_rows_of_each_symbol(rows: &RecordBatch, count: usize) -> Result<RecordBa
         })
         .map(|row| row as u32)
         .collect();
-    let kept = quantlens_lake::arrow::compute::take_record_batch(
-        rows,
-        &quantlens_lake::arrow::array::UInt32Array::from(keep),
-    )
-    .map_err(arrow_error)?;
+    let kept = take_record_batch(rows, &UInt32Array::from(keep)).map_err(arrow_error)?;
     kept.project(&[0, 1, 2, 3]).map_err(arrow_error)
 }
 
@@ -237,10 +235,10 @@ fn keep_rows(
 ) -> Result<RecordBatch, AssetError> {
     let symbols = string_column(batch, "symbol")?;
     let dates = typed_column::<Date32Array>(batch, "date")?;
-    let mask: quantlens_lake::arrow::array::BooleanArray = (0..batch.num_rows())
+    let mask: BooleanArray = (0..batch.num_rows())
         .map(|row| Some(keep(symbols.value(row), dates.value(row))))
         .collect();
-    quantlens_lake::arrow::compute::filter_record_batch(batch, &mask).map_err(arrow_error)
+    filter_record_batch(batch, &mask).map_err(arrow_error)
 }
 
 /// Each row's sort key: the rank of its symbol in name order in the high 32 bits, its date
