@@ -12,6 +12,7 @@ pub mod duck;
 mod error;
 mod files;
 mod location;
+mod log_cache;
 pub mod maintain;
 mod snapshots;
 mod storage;

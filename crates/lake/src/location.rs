@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
+use object_store::ObjectStore;
 use url::Url;
 
+use crate::log_cache::CachedLogStore;
 use crate::LakeError;
 
 /// Turns a DATA_ROOT (or LANDING_DIR) string into a directory URL ending in `/`. Local paths are
@@ -53,6 +56,8 @@ pub struct Lake {
     root: Url,
     storage_options: HashMap<String, String>,
     pub(crate) snapshots: crate::snapshots::Snapshots,
+    /// The store every table is opened with, made on first use (see [`Lake::root_store`]).
+    root_store: Arc<OnceLock<Arc<dyn ObjectStore>>>,
     pub(crate) checkpoint_turn: crate::checkpoints::CheckpointTurn,
 }
 
@@ -75,6 +80,7 @@ impl Lake {
             root,
             storage_options: HashMap::new(),
             snapshots: Default::default(),
+            root_store: Default::default(),
             checkpoint_turn: Default::default(),
         })
     }
@@ -87,6 +93,23 @@ impl Lake {
     /// Needed only after the logs were changed other than by commits (a restore).
     pub fn forget_snapshots(&self) {
         self.snapshots.forget();
+    }
+
+    /// The object store at the root of DATA_ROOT's scheme (the local filesystem, or the S3
+    /// bucket), with the lake's commit file cache in front of it ([`crate::log_cache`]).
+    pub(crate) fn root_store(&self) -> Result<Arc<dyn ObjectStore>, LakeError> {
+        if let Some(store) = self.root_store.get() {
+            return Ok(store.clone());
+        }
+        let underneath: Arc<dyn ObjectStore> = match self.root.scheme() {
+            "s3" => Arc::new(crate::storage::s3_store(&self.root, &self.storage_options)?),
+            _ => Arc::new(object_store::local::LocalFileSystem::new()),
+        };
+        let cached: Arc<dyn ObjectStore> = Arc::new(CachedLogStore::new(
+            underneath,
+            self.snapshots.commit_files.clone(),
+        ));
+        Ok(self.root_store.get_or_init(|| cached).clone())
     }
 
     pub fn storage_options(&self) -> &HashMap<String, String> {

@@ -5,22 +5,20 @@
 //! in a daily run. A later load starts from the cached snapshot and reads only the commits made
 //! since (delta-rs' `update_incremental`), so each commit file is read about once per process.
 //! A snapshot older than the cached one is loaded from scratch, as is any table whose cached
-//! snapshot cannot be brought forward. The commit files read for their metadata (history,
-//! lineage, what was appended) are kept too: a commit never changes once written.
+//! snapshot cannot be brought forward. The commit files themselves are kept by the store the
+//! tables are opened with ([`crate::log_cache`]), which this cache owns.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::Bytes;
 use deltalake::DeltaTable;
 
-/// Commit files larger than this are read again when needed rather than kept.
-const LARGEST_KEPT_COMMIT: usize = 256 * 1024;
+use crate::log_cache::CommitFiles;
 
 #[derive(Clone, Default)]
 pub struct Snapshots {
     tables: Arc<Mutex<HashMap<String, DeltaTable>>>,
-    commits: Arc<Mutex<HashMap<(String, i64), Bytes>>>,
+    pub(crate) commit_files: CommitFiles,
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -33,22 +31,6 @@ impl std::fmt::Debug for Snapshots {
 impl Snapshots {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeltaTable>> {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn commits(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Bytes>> {
-        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The commit file of `key` at `version`, if read before.
-    pub(crate) fn commit(&self, key: &str, version: i64) -> Option<Bytes> {
-        self.commits().get(&(key.to_string(), version)).cloned()
-    }
-
-    pub(crate) fn remember_commit(&self, key: &str, version: i64, bytes: &Bytes) {
-        if bytes.len() <= LARGEST_KEPT_COMMIT {
-            self.commits()
-                .insert((key.to_string(), version), bytes.clone());
-        }
     }
 
     /// The snapshot of `key` at `version` (the newest when `None`) from the cached one, or `None`
@@ -84,6 +66,6 @@ impl Snapshots {
     /// logs (a restore replaces them).
     pub fn forget(&self) {
         self.lock().clear();
-        self.commits().clear();
+        self.commit_files.clear();
     }
 }

@@ -169,15 +169,16 @@ impl Staged {
 pub struct Table {
     key: String,
     pub(crate) inner: DeltaTable,
-    /// The lake's cache, for the commit files this table's history reads.
-    snapshots: crate::snapshots::Snapshots,
 }
 
 impl Lake {
+    /// Tables are opened with the lake's root store, so that they share its commit file cache.
     fn builder(&self, key: &str) -> Result<DeltaTableBuilder, LakeError> {
-        Ok(DeltaTableBuilder::from_url(self.table_url(key))
+        let url = self.table_url(key);
+        Ok(DeltaTableBuilder::from_url(url.clone())
             .map_err(delta(key))?
-            .with_storage_options(self.storage_options().clone()))
+            .with_storage_options(self.storage_options().clone())
+            .with_storage_backend(self.root_store()?, url))
     }
 
     /// Loads the table for `key`, or `None` when nothing has been committed there yet.
@@ -192,7 +193,6 @@ impl Lake {
                 return Ok(Some(Table {
                     key: key.to_string(),
                     inner,
-                    snapshots: self.snapshots.clone(),
                 }));
             }
         }
@@ -221,7 +221,6 @@ impl Lake {
                 Ok(Some(Table {
                     key: key.to_string(),
                     inner,
-                    snapshots: self.snapshots.clone(),
                 }))
             }
             Err(DeltaTableError::NotATable(_))
@@ -829,19 +828,11 @@ impl Table {
 
     /// The bytes of the commit file of `version`, or `None` when it is not in the log.
     async fn commit_entry(&self, version: i64) -> Result<Option<bytes::Bytes>, LakeError> {
-        if let Some(bytes) = self.snapshots.commit(&self.key, version) {
-            return Ok(Some(bytes));
-        }
-        let bytes = self
-            .inner
+        self.inner
             .log_store()
             .read_commit_entry(version as u64)
             .await
-            .map_err(delta(&self.key))?;
-        if let Some(bytes) = &bytes {
-            self.snapshots.remember_commit(&self.key, version, bytes);
-        }
-        Ok(bytes)
+            .map_err(delta(&self.key))
     }
 
     /// The lineage of the newest commit QuantLens wrote: what the table's content was computed
