@@ -119,6 +119,16 @@ impl Materialization {
             consumed: None,
         }
     }
+
+    /// The same commit, but when `only_adds` (its rows come after everything the table holds,
+    /// see [`crate::incremental::only_adds`]) adding them to the table rather than replacing what
+    /// they would.
+    pub fn appending_when(mut self, only_adds: bool) -> Materialization {
+        if only_adds {
+            self.mode = WriteMode::Append;
+        }
+        self
+    }
 }
 
 pub enum Outcome {

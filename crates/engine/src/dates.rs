@@ -25,6 +25,31 @@ pub fn month_of(day: i32) -> String {
     format!("{:04}-{:02}", date.year(), date.month())
 }
 
+/// Calls `use_name` with [`month_of`]`(day)` without allocating it: for checks made per row.
+pub fn with_month_of<T>(day: i32, use_name: impl FnOnce(&str) -> T) -> T {
+    let date = date_of(day);
+    match u16::try_from(date.year()) {
+        Ok(year) if year <= 9999 => {
+            let month = date.month() as u16;
+            let digits = [
+                year / 1000,
+                year / 100 % 10,
+                year / 10 % 10,
+                year % 10,
+                0,
+                month / 10,
+                month % 10,
+            ];
+            let mut name = *b"0000-00";
+            for (at, digit) in digits.into_iter().enumerate().filter(|(at, _)| *at != 4) {
+                name[at] = b'0' + digit as u8;
+            }
+            use_name(std::str::from_utf8(&name).expect("ASCII digits"))
+        }
+        _ => use_name(&month_of(day)),
+    }
+}
+
 /// The calendar months from `first` to `last` ("YYYY-MM"), inclusive.
 pub fn months_between(first: NaiveDate, last: NaiveDate) -> std::collections::BTreeSet<String> {
     let mut months = std::collections::BTreeSet::new();
@@ -49,6 +74,16 @@ mod tests {
         assert_eq!(month_of(day_of(date)), "2024-03");
         assert_eq!(date_of(day_of(date)), date);
         assert_eq!(month_of(0), "1970-01");
+        for day in (-800_000..3_000_000)
+            .step_by(997)
+            .chain([-719_162, 2_932_896])
+        {
+            assert_eq!(
+                with_month_of(day, str::to_string),
+                month_of(day),
+                "day {day}"
+            );
+        }
         assert_eq!(date_of(month_start(day_of(date))).to_string(), "2024-03-01");
         let between = months_between(
             NaiveDate::from_ymd_opt(2023, 11, 15).unwrap(),

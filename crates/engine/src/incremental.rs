@@ -1,7 +1,8 @@
 //! How silver and gold stay incremental. Their tables are partitioned by calendar month (`month`,
-//! "YYYY-MM"), so a daily delivery rewrites the month it falls in and a late correction the months
-//! it reaches. Every incremental commit records which symbols it changed and from which date on
-//! (`changed_from` in its commit metadata); the asset downstream reads those records for the
+//! "YYYY-MM"), so a late correction rewrites the months it reaches, and a daily delivery, whose
+//! days come after everything the table holds, appends to its month ([`only_adds`]). Every
+//! incremental commit records which symbols it changed and from which date on (`changed_from` in
+//! its commit metadata); the asset downstream reads those records for the
 //! commits it has not seen yet and recomputes only from there. When that trail is broken (a full
 //! refresh, a commit QuantLens did not write, a new code version), the asset rebuilds instead.
 //!
@@ -11,7 +12,7 @@
 //! after a crash the table is still stale, and the next run resumes after the last piece
 //! committed instead of starting over.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::{AssetContext, AssetError, Materialization};
 use chrono::NaiveDate;
@@ -20,7 +21,7 @@ use quantlens_lake::{At, Table, TableFile, WriteMode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::dates::{date_of, day_of, month_of};
+use crate::dates::{date_of, day_of, month_of, with_month_of};
 
 /// The partition column of silver and gold.
 pub const MONTH: &str = "month";
@@ -84,7 +85,8 @@ pub fn months_from(table: &Table, first: &str) -> Result<BTreeSet<String>, Asset
 /// asset that does not track symbols (a SQL asset) says "every symbol, from this date on".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    from: BTreeMap<String, i32>,
+    /// A hash map: assets look symbols up once per row.
+    from: HashMap<String, i32>,
     every_symbol_from: Option<i32>,
 }
 
@@ -95,7 +97,7 @@ impl Changes {
     /// Every row from `day` on may have changed, whatever its symbol.
     pub fn everything_from(day: i32) -> Changes {
         Changes {
-            from: BTreeMap::new(),
+            from: HashMap::new(),
             every_symbol_from: Some(day),
         }
     }
@@ -170,6 +172,9 @@ impl Changes {
                 .entry(date_of(day).to_string())
                 .or_default()
                 .push(symbol);
+        }
+        for symbols in by_date.values_mut() {
+            symbols.sort_unstable();
         }
         json!(by_date)
     }
@@ -298,7 +303,7 @@ impl Piece {
     }
 
     pub fn contains_day(&self, day: i32) -> bool {
-        self.months.contains(&month_of(day))
+        with_month_of(day, |month| self.months.contains(month))
     }
 
     /// The commit of this piece of an update bringing the table to upstream version `target`:
@@ -360,6 +365,17 @@ impl Piece {
         output.more = more;
         output
     }
+}
+
+/// Whether rows dated `first_day` or later only add to `table`: every row it holds is older
+/// (from the statistics of its last month's files; `false` when they say nothing). The daily
+/// delivery is such a case: an update then appends the new rows instead of reading back and
+/// rewriting the month they fall in, so a daily run costs the same on the last day of a month as
+/// on the first. Each month then collects a file per run until `quantlens maintain` compacts it.
+pub fn only_adds(table: &Table, first_day: i32) -> Result<bool, AssetError> {
+    Ok(table
+        .latest_date(MONTH, "date")?
+        .is_some_and(|last| first_day > last))
 }
 
 /// The asset's last result, if it can be updated in place: it exists, was written by this code

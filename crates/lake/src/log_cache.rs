@@ -193,12 +193,16 @@ mod tests {
     #[test]
     fn only_numbered_json_files_in_a_log_are_commit_files() {
         let commit = |p: &str| is_commit_file(&Path::from(p));
-        assert!(commit("lake/silver/prices/_delta_log/00000000000000000042.json"));
+        assert!(commit(
+            "lake/silver/prices/_delta_log/00000000000000000042.json"
+        ));
         assert!(!commit("lake/silver/prices/_delta_log/_last_checkpoint"));
         assert!(!commit(
             "lake/silver/prices/_delta_log/00000000000000000040.checkpoint.parquet"
         ));
-        assert!(!commit("lake/silver/prices/_delta_log/0000000000000000004x.json"));
+        assert!(!commit(
+            "lake/silver/prices/_delta_log/0000000000000000004x.json"
+        ));
         assert!(!commit("lake/silver/prices/00000000000000000042.json"));
         assert!(!commit("00000000000000000042.json"));
     }
@@ -219,11 +223,17 @@ mod tests {
         assert_eq!(files.len(), 1);
         // Behind the cache's back: a commit file cannot change, so the kept bytes are the answer.
         inner.put(&commit, "rewritten".into()).await.unwrap();
-        assert_eq!(store.get(&commit).await.unwrap().bytes().await.unwrap(), "v0");
+        assert_eq!(
+            store.get(&commit).await.unwrap().bytes().await.unwrap(),
+            "v0"
+        );
         // A range, or any file that is not a commit, goes to the store.
         assert_eq!(store.get_range(&commit, 0..3).await.unwrap(), "rew");
         inner.put(&pointer, "two".into()).await.unwrap();
-        assert_eq!(store.get(&pointer).await.unwrap().bytes().await.unwrap(), "two");
+        assert_eq!(
+            store.get(&pointer).await.unwrap().bytes().await.unwrap(),
+            "two"
+        );
         assert_eq!(files.len(), 1);
 
         files.clear();

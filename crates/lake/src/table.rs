@@ -607,6 +607,52 @@ impl Table {
             .collect())
     }
 
+    /// The latest value of the date column `column`, from the statistics the log keeps for each
+    /// file (no data file is read). Only the files of the greatest value of `partition_column`
+    /// are looked at: the table must be partitioned by a coarser form of that date, such as its
+    /// month. `None` when the table is empty or one of those files has no statistics for it.
+    pub fn latest_date(
+        &self,
+        partition_column: &str,
+        column: &str,
+    ) -> Result<Option<i32>, LakeError> {
+        use delta_kernel::expressions::Scalar;
+        let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;
+        let files: Vec<_> = snapshot.log_data().into_iter().collect();
+        let partition_of = |file: &deltalake::kernel::LogicalFileView| {
+            file.partition_values_map()
+                .get(partition_column)
+                .cloned()
+                .flatten()
+        };
+        let Some(last) = files.iter().filter_map(partition_of).max() else {
+            return Ok(None);
+        };
+        let mut latest = None;
+        for file in files
+            .iter()
+            .filter(|f| partition_of(f).as_ref() == Some(&last))
+        {
+            let day = match file.max_values() {
+                Some(Scalar::Struct(max)) => max
+                    .fields()
+                    .iter()
+                    .zip(max.values())
+                    .find(|(field, _)| field.name() == column)
+                    .and_then(|(_, value)| match value {
+                        Scalar::Date(day) => Some(*day),
+                        _ => None,
+                    }),
+                _ => None,
+            };
+            let Some(day) = day else {
+                return Ok(None);
+            };
+            latest = latest.max(Some(day));
+        }
+        Ok(latest)
+    }
+
     /// The columns the table is partitioned by (empty when it is not).
     pub fn partition_columns(&self) -> Result<Vec<String>, LakeError> {
         let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;

@@ -3,7 +3,8 @@
 //! silently dropped. Among candidates for the same (symbol, date), the latest delivery wins:
 //! greatest ingested_at, then source_file, then source_line. Each row keeps those three columns,
 //! so a daily run can apply the same rule to only the new bronze rows and the silver rows they
-//! compete with: the months they fall in are re-derived and replaced, nothing else.
+//! compete with: the months they fall in are re-derived and replaced, nothing else. New days after
+//! the table's last (the daily delivery) compete with no silver row and are simply appended.
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -223,20 +224,30 @@ async fn update(
         piece.through()
     ));
     derivation.candidates.retain(|c| piece.contains_day(c.date));
-    let mut batches = previous
-        .table
-        .scan_files(incremental::files_in(&previous.table, &piece.months)?, None)?;
-    while let Some(batch) = batches.try_next().await? {
-        derivation.add_silver(&batch)?;
+    // Days after the table's last one (the daily delivery) compete with no silver row: the new
+    // rows are appended, and the months they fall in are neither read back nor rewritten.
+    let appends = match derivation.candidates.iter().map(|c| c.date).min() {
+        Some(first_day) => incremental::only_adds(&previous.table, first_day)?,
+        None => false,
+    };
+    if !appends {
+        let mut batches = previous
+            .table
+            .scan_files(incremental::files_in(&previous.table, &piece.months)?, None)?;
+        while let Some(batch) = batches.try_next().await? {
+            derivation.add_silver(&batch)?;
+        }
     }
     let derived = derivation.finish()?;
-    let output = piece.update_commit(
-        derived.batches,
-        &derived.changes,
-        bronze.version(),
-        previous,
-        ctx.range.is_some(),
-    );
+    let output = piece
+        .update_commit(
+            derived.batches,
+            &derived.changes,
+            bronze.version(),
+            previous,
+            ctx.range.is_some(),
+        )
+        .appending_when(appends);
     Ok(rejects_of(derived.rejects, output))
 }
 

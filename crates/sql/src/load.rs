@@ -112,6 +112,10 @@ pub fn load_dir(dir: &Path, builtin: &[Asset]) -> Result<Vec<Arc<SqlAsset>>, Loa
         }
     }
     errors.extend(taken);
+    if parsed.is_empty() && errors.is_empty() {
+        // Starting DuckDB costs a run ~20 ms: not for a folder without SQL assets.
+        return Ok(Vec::new());
+    }
     let conn = quantlens_lake::duck::connect().map_err(|e| about_dir(format!("DuckDB: {e}")))?;
     let mut assets = Vec::new();
     for file in parsed {

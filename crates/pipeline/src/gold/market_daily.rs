@@ -69,24 +69,33 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
             target,
         } => {
             let from = changes.earliest().expect("changes are not empty");
-            // The days before the first change keep their rows; the others are recomputed.
+            // The days before the first change keep their rows; the others are recomputed. When
+            // the table holds no day from there on (the daily delivery), the new days are
+            // appended and no month is read back.
+            let appends = incremental::only_adds(&previous.table, from)?;
             let mut days = Vec::new();
-            let mut kept = previous
-                .table
-                .scan_files(incremental::files_in(&previous.table, &piece.months)?, None)?;
-            while let Some(batch) = kept.try_next().await? {
-                days.push(keep_days(&drop_month(&batch)?, |day| day < from)?);
+            if !appends {
+                let mut kept = previous
+                    .table
+                    .scan_files(incremental::files_in(&previous.table, &piece.months)?, None)?;
+                while let Some(batch) = kept.try_next().await? {
+                    days.push(keep_days(&drop_month(&batch)?, |day| day < from)?);
+                }
             }
             let files = incremental::files_in(&returns, &piece.months)?;
             days.push(days_of(&returns, files, Some(from)).await?);
             let days = concat_batches(&without_month(&schema()), &days).map_err(arrow_error)?;
-            Ok(Outcome::Materialized(piece.update_commit(
-                split_by_month(&schema(), days)?,
-                &changes,
-                target,
-                &previous,
-                false,
-            )))
+            Ok(Outcome::Materialized(
+                piece
+                    .update_commit(
+                        split_by_month(&schema(), days)?,
+                        &changes,
+                        target,
+                        &previous,
+                        false,
+                    )
+                    .appending_when(appends),
+            ))
         }
     }
 }

@@ -85,10 +85,13 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
             piece,
             target,
         } => {
-            let batches = update(&ctx, &silver, &previous.table, &changes, &piece).await?;
-            Ok(Outcome::Materialized(piece.update_commit(
-                batches, &changes, target, &previous, false,
-            )))
+            let (batches, appends) =
+                update(&ctx, &silver, &previous.table, &changes, &piece).await?;
+            Ok(Outcome::Materialized(
+                piece
+                    .update_commit(batches, &changes, target, &previous, false)
+                    .appending_when(appends),
+            ))
         }
     }
 }
@@ -165,14 +168,15 @@ fn last_rows_of_each_symbol(rows: &RecordBatch, count: usize) -> Result<RecordBa
 
 /// Recomputes the changed symbols' rows in the piece's months from their earliest changed date
 /// on, reading [`LOOKBACK_ROWS`] rows before so the windows are exact, and keeps every other row
-/// of those months as it was.
+/// of those months as it was; or, when the changes only add days after the table's last
+/// (`true`), returns the recomputed rows alone, to be appended.
 async fn update(
     ctx: &AssetContext,
     silver: &Table,
     returns: &Table,
     changes: &Changes,
     piece: &Piece,
-) -> Result<Vec<RecordBatch>, AssetError> {
+) -> Result<(Vec<RecordBatch>, bool), AssetError> {
     let first_month = piece.months.first().expect("a piece has months").clone();
     let mut rows = Vec::new();
     let mut lookback: HashMap<String, usize> = HashMap::new();
@@ -197,9 +201,12 @@ async fn update(
             let dates = typed_column::<Date32Array>(&batch, "date")?;
             for row in 0..batch.num_rows() {
                 let symbol = symbols.value(row);
-                let before = lookback.entry(symbol.to_string()).or_default();
-                if before_piece || !changes.covers(symbol, dates.value(row)) {
-                    *before += 1;
+                let counts = before_piece || !changes.covers(symbol, dates.value(row));
+                match lookback.get_mut(symbol) {
+                    Some(before) => *before += usize::from(counts),
+                    None => {
+                        lookback.insert(symbol.to_string(), usize::from(counts));
+                    }
                 }
             }
             rows.push(batch);
@@ -216,6 +223,12 @@ async fn update(
         piece.through()
     ));
 
+    // Changes that all start after the table's last day (the daily delivery) leave every row
+    // it holds as it is: the recomputed rows are appended.
+    let earliest = changes.earliest().expect("an update has changes");
+    if incremental::only_adds(returns, earliest)? {
+        return Ok((split_by_month(&schema(), recomputed)?, true));
+    }
     let mut kept = Vec::new();
     let mut batches = returns.scan_files(incremental::files_in(returns, &piece.months)?, None)?;
     while let Some(batch) = batches.try_next().await? {
@@ -225,7 +238,7 @@ async fn update(
     }
     kept.push(recomputed);
     let merged = concat_batches(&without_month(&schema()), &kept).map_err(arrow_error)?;
-    split_by_month(&schema(), merged)
+    Ok((split_by_month(&schema(), merged)?, false))
 }
 
 /// The rows of `batch` for which `keep(symbol, date)` holds.
