@@ -72,6 +72,16 @@ pub fn files_in(table: &Table, months: &BTreeSet<String>) -> Result<Vec<TableFil
         .collect())
 }
 
+/// The files of a snapshot in the given partitions that may hold rows dated `first_day` or
+/// later (the others are known from their statistics to be older).
+pub fn files_in_from(
+    table: &Table,
+    months: &BTreeSet<String>,
+    first_day: i32,
+) -> Result<Vec<TableFile>, AssetError> {
+    Ok(table.files_reaching(files_in(table, months)?, "date", first_day)?)
+}
+
 /// The months of a snapshot from `first` on.
 pub fn months_from(table: &Table, first: &str) -> Result<BTreeSet<String>, AssetError> {
     Ok(table

@@ -13,7 +13,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use chrono::{DateTime, TimeZone, Utc};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{new_metadata, Action, Add, MetadataExt, StructType};
+use deltalake::kernel::{new_metadata, Action, Add, LogicalFileView, MetadataExt, StructType};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -616,10 +616,9 @@ impl Table {
         partition_column: &str,
         column: &str,
     ) -> Result<Option<i32>, LakeError> {
-        use delta_kernel::expressions::Scalar;
         let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;
         let files: Vec<_> = snapshot.log_data().into_iter().collect();
-        let partition_of = |file: &deltalake::kernel::LogicalFileView| {
+        let partition_of = |file: &LogicalFileView| {
             file.partition_values_map()
                 .get(partition_column)
                 .cloned()
@@ -633,24 +632,34 @@ impl Table {
             .iter()
             .filter(|f| partition_of(f).as_ref() == Some(&last))
         {
-            let day = match file.max_values() {
-                Some(Scalar::Struct(max)) => max
-                    .fields()
-                    .iter()
-                    .zip(max.values())
-                    .find(|(field, _)| field.name() == column)
-                    .and_then(|(_, value)| match value {
-                        Scalar::Date(day) => Some(*day),
-                        _ => None,
-                    }),
-                _ => None,
-            };
-            let Some(day) = day else {
+            let Some(day) = max_date(file, column) else {
                 return Ok(None);
             };
             latest = latest.max(Some(day));
         }
         Ok(latest)
+    }
+
+    /// The files among `files` that may hold a row whose date column `column` is `day` or later:
+    /// those whose statistics say so, and those without statistics. Lets a reader of the newest
+    /// days skip a month's older files (one per daily run until compaction) unopened.
+    pub fn files_reaching(
+        &self,
+        files: Vec<TableFile>,
+        column: &str,
+        day: i32,
+    ) -> Result<Vec<TableFile>, LakeError> {
+        let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;
+        let older: HashSet<Path> = snapshot
+            .log_data()
+            .into_iter()
+            .filter(|file| max_date(file, column).is_some_and(|max| max < day))
+            .map(|file| file.object_store_path())
+            .collect();
+        Ok(files
+            .into_iter()
+            .filter(|file| !older.contains(&file.path))
+            .collect())
     }
 
     /// The columns the table is partitioned by (empty when it is not).
@@ -910,6 +919,22 @@ impl Table {
         let ms = snapshot.version_timestamp(self.version() as u64)?;
         Utc.timestamp_millis_opt(ms).single()
     }
+}
+
+/// The greatest value of the date column `column` in `file`, from its statistics in the log.
+fn max_date(file: &LogicalFileView, column: &str) -> Option<i32> {
+    use delta_kernel::expressions::Scalar;
+    let Some(Scalar::Struct(max)) = file.max_values() else {
+        return None;
+    };
+    max.fields()
+        .iter()
+        .zip(max.values())
+        .find(|(field, _)| field.name() == column)
+        .and_then(|(_, value)| match value {
+            Scalar::Date(day) => Some(*day),
+            _ => None,
+        })
 }
 
 /// Reassembles a batch decoded from `file` into the `output` columns, in the table's order: the

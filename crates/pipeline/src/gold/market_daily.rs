@@ -82,7 +82,7 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
                     days.push(keep_days(&drop_month(&batch)?, |day| day < from)?);
                 }
             }
-            let files = incremental::files_in(&returns, &piece.months)?;
+            let files = incremental::files_in_from(&returns, &piece.months, from)?;
             days.push(days_of(&returns, files, Some(from)).await?);
             let days = concat_batches(&without_month(&schema()), &days).map_err(arrow_error)?;
             Ok(Outcome::Materialized(
