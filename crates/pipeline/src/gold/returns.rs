@@ -139,7 +139,7 @@ fn returns_of_piece(
     rows: Vec<RecordBatch>,
     first_day: i32,
 ) -> Result<(RecordBatch, RecordBatch), AssetError> {
-    let computed = returns_of(carry.into_iter().chain(rows).collect())?;
+    let computed = returns_of(carry.into_iter().chain(rows).collect(), first_day)?;
     let carry = last_rows_of_each_symbol(&computed, LOOKBACK_ROWS)?;
     Ok((keep_days(&computed, |day| day >= first_day)?, carry))
 }
@@ -212,7 +212,8 @@ async fn update(
             rows.push(batch);
         }
     }
-    let recomputed = returns_of(rows)?;
+    let earliest = changes.earliest().expect("an update has changes");
+    let recomputed = returns_of(rows, earliest)?;
     let recomputed = keep_rows(&recomputed, |symbol, day| {
         piece.contains_day(day) && changes.covers(symbol, day)
     })?;
@@ -225,7 +226,6 @@ async fn update(
 
     // Changes that all start after the table's last day (the daily delivery) leave every row
     // it holds as it is: the recomputed rows are appended.
-    let earliest = changes.earliest().expect("an update has changes");
     if incremental::only_adds(returns, earliest)? {
         return Ok((split_by_month(&schema(), recomputed)?, true));
     }
@@ -285,8 +285,10 @@ fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
         .collect()
 }
 
-/// Returns and windows per symbol, in (symbol, date) order, without the month column.
-fn returns_of(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
+/// Returns and windows per symbol, in (symbol, date) order, without the month column. Rows
+/// dated before `windows_from` are only there to fill the windows of later ones (a carry, a
+/// lookback): their own windows are left null.
+fn returns_of(silver_rows: Vec<RecordBatch>, windows_from: i32) -> Result<RecordBatch, AssetError> {
     let output_schema = without_month(&schema());
     if silver_rows.iter().all(|b| b.num_rows() == 0) {
         return Ok(RecordBatch::new_empty(output_schema));
@@ -348,10 +350,15 @@ fn returns_of(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> 
     let starts = NullBuffer::from_iter((0..ratios.len()).map(|row| runs[row] != row));
     let log_return = Float64Array::new(ratios.values().clone(), Some(starts));
     let close = typed_column::<Float64Array>(&sorted, "close")?;
+    let dates = typed_column::<Date32Array>(&sorted, "date")?;
+    let windows = Windows {
+        runs: &runs,
+        wanted: &|row| dates.value(row) >= windows_from,
+    };
     let mut columns: Vec<ArrayRef> = sorted.columns()[..4].to_vec();
-    columns.push(Arc::new(window_means(&runs, close, 20)));
-    columns.push(Arc::new(window_means(&runs, close, 50)));
-    columns.push(Arc::new(window_std(&runs, &log_return, 20)));
+    columns.push(Arc::new(windows.means(close, 20)));
+    columns.push(Arc::new(windows.means(close, 50)));
+    columns.push(Arc::new(windows.std(&log_return, 20)));
     columns.insert(4, Arc::new(log_return));
     RecordBatch::try_new(output_schema, columns).map_err(arrow_error)
 }
@@ -370,41 +377,52 @@ fn symbol_runs(keys: &Int64Array) -> Vec<usize> {
         .collect()
 }
 
-/// `reduce` over each window of `size` rows ending at a row, where the symbol has that many rows
-/// by then and none of them is null; null elsewhere.
-fn rolling(
-    runs: &[usize],
-    values: &Float64Array,
-    size: usize,
-    reduce: impl Fn(&[f64]) -> f64,
-) -> Float64Array {
-    let mut valid_from = 0;
-    (0..values.len())
-        .map(|row| {
-            if values.is_null(row) {
-                valid_from = row + 1;
-            }
-            let first = (row + 1).checked_sub(size)?;
-            (first >= valid_from.max(runs[row])).then(|| reduce(&values.values()[first..=row]))
+/// Rolling windows over rows sorted by symbol then date.
+struct Windows<'a> {
+    /// For each row, the index of the first row of its symbol.
+    runs: &'a [usize],
+    /// The rows whose windows are wanted; the others get null.
+    wanted: &'a dyn Fn(usize) -> bool,
+}
+
+impl Windows<'_> {
+    /// `reduce` over each window of `size` rows ending at a wanted row, where the symbol has that
+    /// many rows by then and none of them is null; null elsewhere.
+    fn rolling(
+        &self,
+        values: &Float64Array,
+        size: usize,
+        reduce: impl Fn(&[f64]) -> f64,
+    ) -> Float64Array {
+        let mut valid_from = 0;
+        (0..values.len())
+            .map(|row| {
+                if values.is_null(row) {
+                    valid_from = row + 1;
+                }
+                let first = (row + 1).checked_sub(size)?;
+                (first >= valid_from.max(self.runs[row]) && (self.wanted)(row))
+                    .then(|| reduce(&values.values()[first..=row]))
+            })
+            .collect()
+    }
+
+    /// Rolling means whose every value is a sum over exactly its window, in row order, so that
+    /// a recompute that starts later in a symbol's history gives bit-identical values. (Polars'
+    /// rolling sums carry a running compensated sum from the series' first row, so theirs would
+    /// differ in the last bits depending on where a computation starts.)
+    fn means(&self, values: &Float64Array, size: usize) -> Float64Array {
+        self.rolling(values, size, |w| w.iter().sum::<f64>() / size as f64)
+    }
+
+    /// Rolling sample standard deviations (n - 1), computed like [`Windows::means`].
+    fn std(&self, values: &Float64Array, size: usize) -> Float64Array {
+        self.rolling(values, size, |w| {
+            let mean = w.iter().sum::<f64>() / size as f64;
+            let squares: f64 = w.iter().map(|v| (v - mean) * (v - mean)).sum();
+            (squares / (size - 1) as f64).sqrt()
         })
-        .collect()
-}
-
-/// Rolling means whose every value is a sum over exactly its window, in row order, so that a
-/// recompute that starts later in a symbol's history gives bit-identical values. (Polars' rolling
-/// sums carry a running compensated sum from the series' first row, so theirs would differ in the
-/// last bits depending on where a computation starts.)
-fn window_means(runs: &[usize], values: &Float64Array, size: usize) -> Float64Array {
-    rolling(runs, values, size, |w| w.iter().sum::<f64>() / size as f64)
-}
-
-/// Rolling sample standard deviations (n - 1), computed like [`window_means`].
-fn window_std(runs: &[usize], values: &Float64Array, size: usize) -> Float64Array {
-    rolling(runs, values, size, |w| {
-        let mean = w.iter().sum::<f64>() / size as f64;
-        let squares: f64 = w.iter().map(|v| (v - mean) * (v - mean)).sum();
-        (squares / (size - 1) as f64).sqrt()
-    })
+    }
 }
 
 fn float_columns(batch: &RecordBatch) -> impl Iterator<Item = (&str, &Float64Array)> {
@@ -501,7 +519,7 @@ mod tests {
     #[test]
     fn a_rebuild_in_pieces_equals_one_computation_bit_for_bit() {
         let silver = silver_rows(300);
-        let whole = returns_of(vec![silver.clone()]).unwrap();
+        let whole = returns_of(vec![silver.clone()], i32::MIN).unwrap();
         // Pieces of 1 to 70 days, cut wherever: the carry must make every window exact.
         for size in [1, 7, 31, 70] {
             let mut carry = Vec::new();
@@ -530,7 +548,7 @@ mod tests {
 
     #[test]
     fn the_first_row_of_each_symbol_has_no_return_and_windows_need_full_history() {
-        let whole = returns_of(vec![silver_rows(60)]).unwrap();
+        let whole = returns_of(vec![silver_rows(60)], i32::MIN).unwrap();
         let symbols = string_column(&whole, "symbol").unwrap();
         let log_return = typed_column::<Float64Array>(&whole, "log_return").unwrap();
         let sma_50 = typed_column::<Float64Array>(&whole, "sma_50").unwrap();
