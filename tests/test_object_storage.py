@@ -202,9 +202,11 @@ def test_backup_wipe_restore_and_incremental_backups(lake, s3):
     assert "verified" in lake.run(
         "backup", "verify", "--to", BACKUPS, "--backup", first["backup_id"], **s3).stdout
 
-    # Retention: keep one; the older backup's files that nothing needs any more are deleted.
+    # Retention: keep one; the older backups' files that nothing needs any more are deleted. A
+    # daily run only appends, so it is a compaction that leaves files behind.
+    lake.run("maintain")
     third = json.loads(lake.run("backup", "--to", BACKUPS, "--keep", "1", "--json", **s3).stdout)
-    assert third["files_copied"] == 0 and third["manifests_deleted"] == 2
+    assert third["files_copied"] > 0 and third["manifests_deleted"] == 2
     assert third["files_deleted"] > 0
     assert "verified" in lake.run("backup", "verify", "--to", BACKUPS, **s3).stdout
 

@@ -112,6 +112,15 @@ impl Lake {
         Ok(self.root_store.get_or_init(|| cached).clone())
     }
 
+    /// Declares this process the lake's only writer until it exits (it holds the run lock, which
+    /// every command that commits takes): loading a table's latest version then reuses the
+    /// snapshot this process last loaded or committed instead of listing the log again. A daily
+    /// run loaded tables' latest versions 35 times, each a listing and a replay of the commits
+    /// since the last checkpoint: a third of its time.
+    pub fn assume_sole_writer(&self) {
+        self.snapshots.assume_sole_writer();
+    }
+
     pub fn storage_options(&self) -> &HashMap<String, String> {
         &self.storage_options
     }

@@ -55,6 +55,10 @@ pub const SCAN_BATCH_ROWS: usize = 64 * 1024;
 /// Decoded batches a scan may hold ahead of its consumer.
 const SCAN_BUFFER_BATCHES: usize = 4;
 
+/// Files a scan fetches ahead of the one it decodes: a month collects a small file per daily
+/// run, and fetching them one after the other paid each one's latency in turn.
+const FILES_AHEAD: usize = 1;
+
 /// Rows handed to a Parquet writer at a time when a write is split across writers.
 const ROWS_PER_SLICE: usize = 128 * 1024;
 
@@ -405,6 +409,10 @@ impl Lake {
             )
             .await
             .map_err(delta(key))?;
+        // The snapshot after the commit, so that the next load of this table need not replay it.
+        let mut committed = table.inner.clone();
+        committed.state = Some(finalized.snapshot());
+        self.snapshots.remember(key, &committed);
         Ok(finalized.version() as i64)
     }
 }
@@ -801,11 +809,30 @@ impl Table {
         let key = self.key.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(SCAN_BUFFER_BATCHES);
         tokio::spawn(async move {
-            for file in files {
-                let bytes = match fetch(&key, &store, &file).await {
-                    Ok(bytes) => bytes,
-                    Err(err) => {
+            // The next file is fetched while this one is decoded.
+            let mut fetched = futures::stream::iter(files)
+                .map(|file| {
+                    let (key, store) = (key.clone(), store.clone());
+                    tokio::spawn(async move {
+                        let bytes = fetch(&key, &store, &file).await;
+                        (file, bytes)
+                    })
+                })
+                .buffered(FILES_AHEAD + 1);
+            while let Some(next) = fetched.next().await {
+                let (file, bytes) = match next {
+                    Ok((file, Ok(bytes))) => (file, bytes),
+                    Ok((_, Err(err))) => {
                         let _ = sender.send(Err(err)).await;
+                        return;
+                    }
+                    Err(err) => {
+                        let _ = sender
+                            .send(Err(LakeError::Task {
+                                table: key.clone(),
+                                message: err.to_string(),
+                            }))
+                            .await;
                         return;
                     }
                 };
