@@ -54,7 +54,6 @@ pub struct MaterializeArgs {
 }
 
 pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Failure> {
-    eprintln!("TIMING run {:?}", std::time::SystemTime::now());
     let registry = locations.registry()?;
     let selected: Vec<String> = registry
         .graph()
@@ -88,7 +87,6 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         (Some(from), Some(to)) => Some(DateRange { from, to }),
         _ => None,
     };
-    eprintln!("TIMING start-lake {:?}", std::time::SystemTime::now());
     let lake = locations.lake()?;
     let state = StateDir::new(&locations.state_dir);
     state.create().map_err(state_failure)?;
@@ -130,10 +128,8 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
         .await
         .map_err(|e| fail(exit::FAILED, e.into()))?;
 
-    let t0 = std::time::Instant::now();
     print_summary(&record);
     crate::notify::after_run(&record).await;
-    eprintln!("TIMING after_run {:?}", t0.elapsed());
     // What the daemon shows of every asset; a run whose catalog or report cannot be written
     // still counts.
     let catalog = crate::catalog::write_snapshot(&registry, &lake, &state, &record).await;
@@ -143,11 +139,9 @@ pub async fn run(locations: &Locations, args: MaterializeArgs) -> Result<i32, Fa
             state.catalog_path().display()
         );
     }
-    eprintln!("TIMING catalog {:?}", t0.elapsed());
     if let Err(err) = state.prune(args.keep_runs.max(1), Some(&run_id)) {
         eprintln!("warning: pruning old runs: {err:#}");
     }
-    eprintln!("TIMING prune {:?}", t0.elapsed());
     drop(lock);
     // After the lock is released, so that the report does not show this run as in progress.
     if let (Some(path), Ok(catalog)) = (&args.report, catalog) {
