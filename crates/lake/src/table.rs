@@ -16,6 +16,9 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{new_metadata, Action, Add, LogicalFileView, MetadataExt, StructType};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode as WriterMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
@@ -532,9 +535,11 @@ impl Lake {
                 let schema = schema.clone();
                 let partitions =
                     (!partition_columns.is_empty()).then(|| partition_columns.to_vec());
+                let properties = writer_properties(&schema);
                 tokio::spawn(async move {
                     let mut writer =
-                        RecordBatchWriter::try_new(url, schema, partitions.clone(), Some(options))?;
+                        RecordBatchWriter::try_new(url, schema, partitions.clone(), Some(options))?
+                            .with_writer_properties(properties);
                     let mut adds = Vec::new();
                     let mut open_partition = None;
                     for batch in run {
@@ -946,6 +951,27 @@ impl Table {
         let ms = snapshot.version_timestamp(self.version() as u64)?;
         Utc.timestamp_millis_opt(ms).single()
     }
+}
+
+/// Parquet settings of the files the lake writes: delta-rs' (Snappy), without dictionary encoding
+/// for floating-point columns. Prices, returns and averages hardly repeat, so their dictionary
+/// only filled up (a hash and a comparison per value) before the writer fell back to plain
+/// encoding: about a tenth of a full build's time.
+fn writer_properties(schema: &Schema) -> WriterProperties {
+    schema
+        .fields()
+        .iter()
+        .filter(|field| field.data_type().is_floating())
+        .fold(
+            WriterProperties::builder()
+                .set_created_by(format!("quantlens {}", env!("CARGO_PKG_VERSION")))
+                .set_compression(Compression::SNAPPY),
+            |builder, field| {
+                builder
+                    .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false)
+            },
+        )
+        .build()
 }
 
 /// The greatest value of the date column `column` in `file`, from its statistics in the log.
