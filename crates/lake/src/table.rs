@@ -832,12 +832,7 @@ impl Table {
                         return;
                     }
                     Err(err) => {
-                        let _ = sender
-                            .send(Err(LakeError::Task {
-                                table: key.clone(),
-                                message: err.to_string(),
-                            }))
-                            .await;
+                        let _ = sender.send(Err(task_failed(&key, err))).await;
                         return;
                     }
                 };
@@ -858,12 +853,7 @@ impl Table {
                 let keep_going = match decoded {
                     Ok(keep_going) => keep_going,
                     Err(err) => {
-                        let _ = sender
-                            .send(Err(LakeError::Task {
-                                table: key.clone(),
-                                message: err.to_string(),
-                            }))
-                            .await;
+                        let _ = sender.send(Err(task_failed(&key, err))).await;
                         false
                     }
                 };
@@ -972,6 +962,14 @@ fn writer_properties(schema: &Schema) -> WriterProperties {
             },
         )
         .build()
+}
+
+/// A scan's fetch or decode task that panicked or was cancelled.
+fn task_failed(table: &str, err: tokio::task::JoinError) -> LakeError {
+    LakeError::Task {
+        table: table.to_string(),
+        message: err.to_string(),
+    }
 }
 
 /// The greatest value of the date column `column` in `file`, from its statistics in the log.
