@@ -86,7 +86,7 @@ def test_a_run_over_its_ceiling_is_killed_and_the_next_run_converges(tmp_path, d
     lake = Installation(tmp_path / "lake")
     lake.deliver(files)
     # Far below what any run needs: the kernel kills the worker in its first asset.
-    over = limited_run(lake, 40 * MiB, "over-the-ceiling")
+    over = limited_run(lake, 16 * MiB, "over-the-ceiling")
     report("over the ceiling", SYMBOLS * 120, over)
     assert over["status"] == -9 and over["oom_kills"] >= 1, over
     record = json.loads(lake.run("runs", "over-the-ceiling", "--json").stdout)
