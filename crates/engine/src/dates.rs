@@ -21,33 +21,22 @@ pub fn month_start(day: i32) -> i32 {
 
 /// The partition ("YYYY-MM") a Date32 value falls in.
 pub fn month_of(day: i32) -> String {
-    let date = date_of(day);
-    format!("{:04}-{:02}", date.year(), date.month())
+    with_month_of(day, str::to_string)
 }
 
 /// Calls `use_name` with [`month_of`]`(day)` without allocating it: for checks made per row.
 pub fn with_month_of<T>(day: i32, use_name: impl FnOnce(&str) -> T) -> T {
+    use std::io::Write;
     let date = date_of(day);
-    match u16::try_from(date.year()) {
-        Ok(year) if year <= 9999 => {
-            let month = date.month() as u16;
-            let digits = [
-                year / 1000,
-                year / 100 % 10,
-                year / 10 % 10,
-                year % 10,
-                0,
-                month / 10,
-                month % 10,
-            ];
-            let mut name = *b"0000-00";
-            for (at, digit) in digits.into_iter().enumerate().filter(|(at, _)| *at != 4) {
-                name[at] = b'0' + digit as u8;
-            }
-            use_name(std::str::from_utf8(&name).expect("ASCII digits"))
-        }
-        _ => use_name(&month_of(day)),
-    }
+    // Room for chrono's widest year, "-262143-12".
+    const ROOM: usize = 16;
+    let mut name = [0u8; ROOM];
+    let unused = {
+        let mut rest = &mut name[..];
+        write!(rest, "{:04}-{:02}", date.year(), date.month()).expect("room for any month");
+        rest.len()
+    };
+    use_name(std::str::from_utf8(&name[..ROOM - unused]).expect("ASCII"))
 }
 
 /// The calendar months from `first` to `last` ("YYYY-MM"), inclusive.
@@ -78,11 +67,9 @@ mod tests {
             .step_by(997)
             .chain([-719_162, 2_932_896])
         {
-            assert_eq!(
-                with_month_of(day, str::to_string),
-                month_of(day),
-                "day {day}"
-            );
+            let date = date_of(day);
+            let formatted = format!("{:04}-{:02}", date.year(), date.month());
+            assert_eq!(with_month_of(day, str::to_string), formatted, "day {day}");
         }
         assert_eq!(date_of(month_start(day_of(date))).to_string(), "2024-03-01");
         let between = months_between(

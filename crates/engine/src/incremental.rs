@@ -2,8 +2,8 @@
 //! "YYYY-MM"), so a late correction rewrites the months it reaches, and a daily delivery, whose
 //! days come after everything the table holds, appends to its month ([`only_adds`]). Every
 //! incremental commit records which symbols it changed and from which date on (`changed_from` in
-//! its commit metadata); the asset downstream reads those records for the
-//! commits it has not seen yet and recomputes only from there. When that trail is broken (a full
+//! its commit metadata); the asset downstream reads those records for the commits it has not
+//! seen yet and recomputes only from there. When that trail is broken (a full
 //! refresh, a commit QuantLens did not write, a new code version), the asset rebuilds instead.
 //!
 //! A long update (a late correction years back, a backfill) commits in pieces of at most

@@ -54,15 +54,11 @@ impl CommitFiles {
 
 /// True for `.../_delta_log/00000000000000000042.json`, the only files worth keeping.
 fn is_commit_file(path: &Path) -> bool {
-    let mut parts = path.parts().collect::<Vec<_>>().into_iter().rev();
-    let (Some(name), Some(dir)) = (parts.next(), parts.next()) else {
+    let mut parts = path.as_ref().rsplit('/');
+    let (Some(name), Some("_delta_log")) = (parts.next(), parts.next()) else {
         return false;
     };
-    let name = name.as_ref();
-    dir.as_ref() == "_delta_log"
-        && name.len() == 25
-        && name.ends_with(".json")
-        && name[..20].bytes().all(|b| b.is_ascii_digit())
+    name.len() == 25 && name.ends_with(".json") && name[..20].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A whole-object read with no conditions: the only kind answered from the cache.

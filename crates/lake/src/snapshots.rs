@@ -7,8 +7,8 @@
 //! A commit keeps the snapshot it produced. A process that holds the run lock is the lake's only
 //! writer ([`crate::Lake::assume_sole_writer`]): its cached snapshots are the latest, and loading
 //! the latest version costs nothing (before, each such load listed the log and replayed the
-//! commits since the last checkpoint, 35 times in a daily run). A snapshot older than the cached one is loaded from scratch, as is any table whose cached
-//! snapshot cannot be brought forward. The commit files themselves are kept by the store the
+//! commits since the last checkpoint, 35 times in a daily run). A snapshot older than the cached
+//! one is loaded from scratch, as is any table whose cached snapshot cannot be brought forward. The commit files themselves are kept by the store the
 //! tables are opened with ([`crate::log_cache`]), which this cache owns.
 
 use std::collections::HashMap;

@@ -663,11 +663,15 @@ impl Table {
         day: i32,
     ) -> Result<Vec<TableFile>, LakeError> {
         let snapshot = self.inner.snapshot().map_err(delta(&self.key))?;
+        let asked: HashSet<&Path> = files.iter().map(|file| &file.path).collect();
         let older: HashSet<Path> = snapshot
             .log_data()
             .into_iter()
-            .filter(|file| max_date(file, column).is_some_and(|max| max < day))
-            .map(|file| file.object_store_path())
+            .map(|file| (file.object_store_path(), file))
+            .filter(|(path, file)| {
+                asked.contains(path) && max_date(file, column).is_some_and(|max| max < day)
+            })
+            .map(|(path, _)| path)
             .collect();
         Ok(files
             .into_iter()

@@ -350,10 +350,10 @@ fn returns_of(silver_rows: Vec<RecordBatch>, windows_from: i32) -> Result<Record
     let starts = NullBuffer::from_iter((0..ratios.len()).map(|row| runs[row] != row));
     let log_return = Float64Array::new(ratios.values().clone(), Some(starts));
     let close = typed_column::<Float64Array>(&sorted, "close")?;
-    let dates = typed_column::<Date32Array>(&sorted, "date")?;
     let windows = Windows {
         runs: &runs,
-        wanted: &|row| dates.value(row) >= windows_from,
+        dates: typed_column::<Date32Array>(&sorted, "date")?.values(),
+        from: windows_from,
     };
     let mut columns: Vec<ArrayRef> = sorted.columns()[..4].to_vec();
     columns.push(Arc::new(windows.means(close, 20)));
@@ -381,13 +381,14 @@ fn symbol_runs(keys: &Int64Array) -> Vec<usize> {
 struct Windows<'a> {
     /// For each row, the index of the first row of its symbol.
     runs: &'a [usize],
-    /// The rows whose windows are wanted; the others get null.
-    wanted: &'a dyn Fn(usize) -> bool,
+    /// Each row's date: rows dated before `from` get no window of their own.
+    dates: &'a [i32],
+    from: i32,
 }
 
 impl Windows<'_> {
-    /// `reduce` over each window of `size` rows ending at a wanted row, where the symbol has that
-    /// many rows by then and none of them is null; null elsewhere.
+    /// `reduce` over each window of `size` rows ending at a row dated `from` or later, where the
+    /// symbol has that many rows by then and none of them is null; null elsewhere.
     fn rolling(
         &self,
         values: &Float64Array,
@@ -401,7 +402,7 @@ impl Windows<'_> {
                     valid_from = row + 1;
                 }
                 let first = (row + 1).checked_sub(size)?;
-                (first >= valid_from.max(self.runs[row]) && (self.wanted)(row))
+                (first >= valid_from.max(self.runs[row]) && self.dates[row] >= self.from)
                     .then(|| reduce(&values.values()[first..=row]))
             })
             .collect()
