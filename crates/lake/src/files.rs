@@ -26,6 +26,8 @@ pub struct FileStore {
     url: Url,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The directory itself when it is local: listed without object_store (see [`list_local`]).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl FileStore {
@@ -45,6 +47,9 @@ impl FileStore {
             url: url.to_string(),
             source: Box::new(source),
         };
+        let local_dir = (url.scheme() == "file")
+            .then(|| url.to_file_path().ok())
+            .flatten();
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = if url.scheme() == "s3" {
             let prefix = Path::from_url_path(url.path()).map_err(|e| store_error(e.into()))?;
             (
@@ -55,7 +60,12 @@ impl FileStore {
             let (store, prefix) = object_store::parse_url(&url).map_err(store_error)?;
             (Arc::from(store), prefix)
         };
-        Ok(FileStore { url, store, prefix })
+        Ok(FileStore {
+            url,
+            store,
+            prefix,
+            local_dir,
+        })
     }
 
     pub fn url(&self) -> &Url {
@@ -76,6 +86,25 @@ impl FileStore {
 
     /// Every file directly or indirectly under the directory, sorted by name.
     pub async fn list(&self) -> Result<Vec<StoredFile>, LakeError> {
+        if let Some(dir) = self.local_dir.clone() {
+            let listed = tokio::task::spawn_blocking(move || list_local(&dir))
+                .await
+                .map_err(|e| self.store_error(object_store::Error::JoinError { source: e }))?;
+            match listed {
+                Ok(Some(files)) => return Ok(files),
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(self.store_error(object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(source),
+                    }))
+                }
+            }
+        }
+        self.list_through_store().await
+    }
+
+    async fn list_through_store(&self) -> Result<Vec<StoredFile>, LakeError> {
         let prefix = self.prefix.clone();
         let mut files: Vec<StoredFile> = self
             .store
@@ -141,6 +170,68 @@ impl FileStore {
     }
 }
 
+/// Lists a local directory the way object_store's `LocalFileSystem` does, for the names it would
+/// give unchanged, or `None` when the tree holds anything else (then object_store lists it).
+///
+/// A daily run lists the whole landing directory, which grows by a file a day: object_store stats
+/// each file three times by its full path and turns each path into a URL and back, about 5 µs a
+/// file (26 ms for 20 years of deliveries). This walk stats each file once, relative to its
+/// directory's descriptor. The names must be exactly object_store's, because the ledger of
+/// ingested files is keyed by them: a name spelled differently would be ingested twice. For a
+/// name of [`plain_name`] characters, object_store's name is the relative path itself; a symbolic
+/// link, a special file or any other name makes the whole listing go through object_store.
+fn list_local(root: &std::path::Path) -> std::io::Result<Option<Vec<StoredFile>>> {
+    let mut files = Vec::new();
+    let mut directories = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = directories.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Removed since it was seen (or never created): object_store lists nothing there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                return Ok(None);
+            };
+            if !plain_name(&name) {
+                return Ok(None);
+            }
+            let name = format!("{prefix}{name}");
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                directories.push((entry.path(), format!("{name}/")));
+                continue;
+            }
+            if !file_type.is_file() {
+                return Ok(None);
+            }
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            files.push(StoredFile {
+                name,
+                size: metadata.len(),
+                modified: metadata.modified()?.into(),
+            });
+        }
+    }
+    files.sort();
+    Ok(Some(files))
+}
+
+/// Names object_store's local listing keeps as they are: letters, digits and `._-+=,@`. Anything
+/// else (spaces, `%`, `#`, non-ASCII, control characters) it may encode, reject or skip.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+=,@".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +260,50 @@ mod tests {
             store.read("prices_a.csv").await.is_err(),
             "read still fails on a missing file"
         );
+    }
+
+    #[tokio::test]
+    async fn the_local_listing_names_files_as_object_store_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let store = FileStore::open(url.as_str()).unwrap();
+        for name in [
+            "prices_2024-01-02.csv",
+            ".hidden.csv",
+            "late.csv.part",
+            "2024/01/prices+fix=1,v@2.csv",
+            "2024/02/x.csv",
+        ] {
+            store.write(name, name.as_bytes().to_vec()).await.unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("empty/dir")).unwrap();
+        let plain = list_local(dir.path()).unwrap().expect("plain names only");
+        assert_eq!(plain, store.list_through_store().await.unwrap());
+        assert_eq!(plain.len(), 5);
+        assert_eq!(plain[0].name, ".hidden.csv");
+        assert_eq!(plain[1].name, "2024/01/prices+fix=1,v@2.csv");
+
+        // Names object_store might encode or skip, and links, send the listing through it.
+        for odd in ["with space.csv", "100%.csv", "upload#1", "prix_été.csv"] {
+            std::fs::write(dir.path().join(odd), b"x").unwrap();
+            assert_eq!(list_local(dir.path()).unwrap(), None, "{odd}");
+            assert_eq!(
+                store.list().await.unwrap(),
+                store.list_through_store().await.unwrap()
+            );
+            std::fs::remove_file(dir.path().join(odd)).unwrap();
+        }
+        std::os::unix::fs::symlink(dir.path().join("2024"), dir.path().join("linked")).unwrap();
+        assert_eq!(list_local(dir.path()).unwrap(), None);
+        assert_eq!(store.list().await.unwrap().len(), 7, "the link is followed");
+    }
+
+    #[tokio::test]
+    async fn a_missing_local_directory_lists_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("landing").to_str().unwrap()).unwrap();
+        std::fs::remove_dir(dir.path().join("landing")).unwrap();
+        assert!(store.list().await.unwrap().is_empty());
+        assert!(store.list_through_store().await.unwrap().is_empty());
     }
 }
