@@ -3,6 +3,7 @@
 //! STATE_DIR) with defaults that work from a fresh clone. Exit codes: 0 success, 1 run failed,
 //! 2 usage or configuration error, 75 another run holds the lock.
 
+mod allocator;
 mod backup;
 mod catalog;
 mod health;
@@ -297,26 +298,6 @@ pub fn fail(code: i32, error: anyhow::Error) -> Failure {
     }
 }
 
-/// glibc raises its mmap threshold as large blocks are freed, after which big column buffers come
-/// from the heap arenas and stay there: a run's peak RSS becomes the sum of its assets' peaks. A
-/// fixed threshold keeps large buffers in their own mappings, returned to the OS when freed.
-/// glibc also gives threads their own arenas, up to eight per core, and memory freed in one is
-/// not reused by another: the tokio workers, the blocking pool and Polars' pool spread a build's
-/// buffers over a dozen arenas, and a 25M-row build peaked at 635-717 MiB although no asset alone
-/// needs more than 400. Two arenas: 322 MiB, in the same time.
-fn keep_large_allocations_returnable() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, ALLOCATOR_ARENAS);
-    }
-}
-
-/// Heap arenas glibc may create (see [`keep_large_allocations_returnable`]).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ALLOCATOR_ARENAS: libc::c_int = 2;
-
 /// `quantlens runs | head` should end quietly when `head` exits, as other command-line tools do,
 /// rather than panic on the closed pipe (Rust ignores SIGPIPE by default).
 fn die_quietly_on_closed_pipes() {
@@ -328,9 +309,12 @@ fn die_quietly_on_closed_pipes() {
 }
 
 fn main() -> ExitCode {
-    keep_large_allocations_returnable();
+    allocator::keep_large_allocations_returnable();
     die_quietly_on_closed_pipes();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Materialize(_) | Command::Maintain(_)) {
+        allocator::restart_with_huge_pages();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
