@@ -13,7 +13,7 @@ seconds; then the growth of time and peak RSS relative to the smallest size.
 
     cargo build --release -p quantlens
     sudo python3 bench/scale.py [--symbols 2000 4000 10000] [--days 2520] [--limit-mib 2048]
-                                [--binary PATH] [--keep DIR]
+                                [--repeat 3] [--binary PATH] [--keep DIR]
 
 Scratch data goes to a temporary directory (about 6 GB at the peak for the default sizes) and is
 deleted unless --keep. Numbers go to docs/benchmarks.md by hand, with the machine.
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,22 @@ def measure(binary, root, symbols, days, limit_mib):
             "assets": assets}
 
 
+def report(result, round_number, rounds):
+    symbols = result["symbols"]
+    if result["status"] != 0:
+        print(f"{symbols} symbols: FAILED with status {result['status']} under "
+              f"{result['knob']} (OOM kills: {result['kills']}, peak RSS "
+              f"{result['peak_mib']:.0f} MiB)")
+        return
+    print(f"\n{symbols} symbols x {result['days']} days, run {round_number} of {rounds}: "
+          f"{result['rows']:,} rows, {result['csv_mb']:.0f} MB of CSV, under {result['knob']}")
+    print(f"  wall {result['wall']:.2f} s, {result['rows'] / result['wall'] / 1e6:.2f} M rows/s, "
+          f"peak RSS {result['peak_mib']:.0f} MiB, cgroup peak "
+          f"{result['cgroup_peak_mib']:.0f} MiB, OOM kills {result['kills']}")
+    for key, (seconds, written) in result["assets"].items():
+        print(f"  {key:<20} {seconds:7.2f} s {written or 0:>12,} rows")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,36 +103,34 @@ def main():
     parser.add_argument("--limit-mib", type=int, default=2048)
     parser.add_argument("--binary", default=None, help="quantlens (default: target/release)")
     parser.add_argument("--keep", default=None, help="use this directory and keep it")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over the sizes; the summary shows each size's median")
     args = parser.parse_args()
     binary = args.binary or default_binary()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
     print(f"binary:  {binary} ({os.path.getsize(binary) / 1e6:.1f} MB)")
-    results = []
+    results = {symbols: [] for symbols in args.symbols}
     try:
-        for symbols in args.symbols:
-            result = measure(binary, root, symbols, args.days, args.limit_mib)
-            results.append(result)
-            if result["status"] != 0:
-                print(f"{symbols} symbols: FAILED with status {result['status']} under "
-                      f"{result['knob']} (OOM kills: {result['kills']}, peak RSS "
-                      f"{result['peak_mib']:.0f} MiB)")
-                continue
-            print(f"\n{symbols} symbols x {result['days']} days: {result['rows']:,} rows, "
-                  f"{result['csv_mb']:.0f} MB of CSV, under {result['knob']}")
-            print(f"  wall {result['wall']:.2f} s, {result['rows'] / result['wall'] / 1e6:.2f} M rows/s, "
-                  f"peak RSS {result['peak_mib']:.0f} MiB, cgroup peak "
-                  f"{result['cgroup_peak_mib']:.0f} MiB, OOM kills {result['kills']}")
-            for key, (seconds, written) in result["assets"].items():
-                print(f"  {key:<20} {seconds:7.2f} s {written or 0:>12,} rows")
-        done = [r for r in results if r["status"] == 0]
+        # Round after round over the sizes, so that a host getting busier or quieter weighs on
+        # every size alike; the summary takes each size's median.
+        for round_number in range(1, args.repeat + 1):
+            for symbols in args.symbols:
+                result = measure(binary, root, symbols, args.days, args.limit_mib)
+                results[symbols].append(result)
+                report(result, round_number, args.repeat)
+        done = [runs for runs in results.values() if all(r["status"] == 0 for r in runs)]
         if len(done) > 1:
-            base = done[0]
-            print(f"\n{'rows':>12} {'wall s':>8} {'x rows':>7} {'x time':>7} {'peak MiB':>9}")
-            for r in done:
-                print(f"{r['rows']:>12,} {r['wall']:8.2f} {r['rows'] / base['rows']:7.2f} "
-                      f"{r['wall'] / base['wall']:7.2f} {r['peak_mib']:9.0f}")
+            base = statistics.median(r["wall"] for r in done[0])
+            print(f"\n{'rows':>12} {'wall s':>8} {'range':>13} {'x rows':>7} {'x time':>7} "
+                  f"{'peak MiB':>9}")
+            for runs in done:
+                walls = [r["wall"] for r in runs]
+                wall = statistics.median(walls)
+                print(f"{runs[0]['rows']:>12,} {wall:8.2f} {min(walls):6.2f}-{max(walls):<6.2f} "
+                      f"{runs[0]['rows'] / done[0][0]['rows']:7.2f} {wall / base:7.2f} "
+                      f"{max(r['peak_mib'] for r in runs):9.0f}")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
