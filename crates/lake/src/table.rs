@@ -876,23 +876,38 @@ impl Table {
 
     /// Commits newest first, at most `limit` of them (all still in the log without one).
     pub async fn history(&self, limit: Option<usize>) -> Result<Vec<Commit>, LakeError> {
+        self.commits(limit).try_collect().await
+    }
+
+    /// Like [`Table::history`], read one commit file at a time as the stream is polled: a caller
+    /// looking for the newest commit of some kind stops reading there. (A table's first commit
+    /// can be large, bronze's lists every landing file of a full build, and most searches end
+    /// at the newest commit.)
+    pub fn commits(&self, limit: Option<usize>) -> BoxStream<'_, Result<Commit, LakeError>> {
         let latest = self.version();
         let oldest = limit.map_or(0, |n| (latest - n as i64 + 1).max(0));
-        let mut commits = Vec::new();
-        for version in (oldest..=latest).rev() {
-            // Older commits may have been cleaned up after a checkpoint: the history ends there.
-            let Some(bytes) = self.commit_entry(version).await? else {
-                break;
-            };
-            let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-                .map_err(delta(&self.key))?;
-            let Some(info) = actions.into_iter().find_map(|action| match action {
-                Action::CommitInfo(info) => Some(info),
-                _ => None,
-            }) else {
-                continue;
-            };
-            commits.push(Commit {
+        futures::stream::try_unfold(latest, move |mut version| async move {
+            while version >= oldest {
+                // Older commits may have been cleaned up after a checkpoint: the history ends there.
+                let Some(bytes) = self.commit_entry(version).await? else {
+                    return Ok(None);
+                };
+                version -= 1;
+                if let Some(commit) = self.commit_of(version + 1, &bytes)? {
+                    return Ok(Some((commit, version)));
+                }
+            }
+            Ok(None)
+        })
+        .boxed()
+    }
+
+    /// The commit information of the commit file `bytes` of `version`, if it has any.
+    fn commit_of(&self, version: i64, bytes: &bytes::Bytes) -> Result<Option<Commit>, LakeError> {
+        let actions =
+            deltalake::logstore::get_actions(version as u64, bytes).map_err(delta(&self.key))?;
+        Ok(actions.into_iter().find_map(|action| match action {
+            Action::CommitInfo(info) => Some(Commit {
                 version,
                 timestamp: info
                     .timestamp
@@ -902,9 +917,9 @@ impl Table {
                     .info
                     .get(METADATA_KEY)
                     .and_then(|v| serde_json::from_value(v.clone()).ok()),
-            });
-        }
-        Ok(commits)
+            }),
+            _ => None,
+        }))
     }
 
     /// The bytes of the commit file of `version`, or `None` when it is not in the log.
@@ -920,23 +935,32 @@ impl Table {
     /// from. Maintenance commits that change no data (a vacuum's) carry none and are skipped; a
     /// compaction carries the lineage of the data it rewrote.
     pub async fn lineage(&self) -> Result<Option<CommitMetadata>, LakeError> {
-        Ok(self
-            .history(Some(LINEAGE_LOOKBACK))
-            .await?
-            .into_iter()
-            .find_map(|commit| commit.quantlens))
+        let newest = self.newest_recent_commit(|c| c.quantlens.is_some()).await?;
+        Ok(newest.and_then(|commit| commit.quantlens))
     }
 
     /// The newest version whose commit changed data: maintenance commits (compaction, vacuum)
     /// rewrite or delete files without changing what the table holds.
     pub async fn content_version(&self) -> Result<i64, LakeError> {
         const NO_DATA_CHANGE: [&str; 3] = ["OPTIMIZE", "VACUUM START", "VACUUM END"];
-        Ok(self
-            .history(Some(LINEAGE_LOOKBACK))
-            .await?
-            .into_iter()
-            .find(|commit| !NO_DATA_CHANGE.contains(&commit.operation.as_str()))
-            .map_or(self.version(), |commit| commit.version))
+        let newest = self
+            .newest_recent_commit(|c| !NO_DATA_CHANGE.contains(&c.operation.as_str()))
+            .await?;
+        Ok(newest.map_or(self.version(), |commit| commit.version))
+    }
+
+    /// The newest of the last [`LINEAGE_LOOKBACK`] commits that `wanted` accepts.
+    async fn newest_recent_commit(
+        &self,
+        wanted: impl Fn(&Commit) -> bool,
+    ) -> Result<Option<Commit>, LakeError> {
+        let mut commits = self.commits(Some(LINEAGE_LOOKBACK));
+        while let Some(commit) = commits.try_next().await? {
+            if wanted(&commit) {
+                return Ok(Some(commit));
+            }
+        }
+        Ok(None)
     }
 
     /// The commit timestamp of this snapshot's version.

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use quantlens_engine::AssetError;
 use quantlens_lake::arrow::array::{
     Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
@@ -180,49 +181,51 @@ pub(crate) async fn ledger_write(
     Ok((batches, WriteMode::Overwrite))
 }
 
-/// Bronze commits looked at first when searching for ones the ledger misses; the whole history is
-/// read only when a crash left more than that unrecorded.
-const RECENT_COMMITS: usize = 8;
-
 /// The files of bronze commits missing from the ledger, newest commit first.
 ///
 /// Every ledger commit records all bronze commits made before it (its own run's and those it
-/// recovered), so the search walks back from the newest bronze commit and stops at the first one
-/// whose files the ledger holds: everything older was recorded with it or before. A crash can
-/// leave several commits unrecorded in a row (a run recovering an earlier one dies before its
-/// own ledger commit), which is why looking at the newest alone is not enough. Commits naming no
-/// files (maintenance, an append of rejected files only) prove nothing and are passed over.
+/// recovered), so the search walks back from the newest bronze commit, reading one commit file at
+/// a time, and stops at the first one whose files the ledger holds: everything older was recorded
+/// with it or before. After an uninterrupted run that is the newest commit. A crash can leave
+/// several commits unrecorded in a row (a run recovering an earlier one dies before its own
+/// ledger commit), which is why looking at the newest alone is not enough.
 async fn unrecorded_files(
     prices: &quantlens_lake::Table,
     known: &Known,
 ) -> Result<Vec<CommittedFile>, AssetError> {
-    let recent = prices.history(Some(RECENT_COMMITS)).await?;
-    match missing_since_recorded(&recent, known) {
-        (missing, true) => Ok(missing),
-        (missing, false) if recent.len() < RECENT_COMMITS => Ok(missing),
-        _ => Ok(missing_since_recorded(&prices.history(None).await?, known).0),
+    let mut search = UnrecordedSearch::default();
+    let mut commits = prices.commits(None);
+    while let Some(commit) = commits.try_next().await? {
+        if search.reaches_recorded(&commit, known) {
+            break;
+        }
     }
+    Ok(search.missing)
 }
 
-/// The files of `history` (newest first) missing from the ledger, down to the first commit it
-/// records, and whether such a commit was found.
-fn missing_since_recorded(
-    history: &[quantlens_lake::Commit],
-    known: &Known,
-) -> (Vec<CommittedFile>, bool) {
-    let mut missing = Vec::new();
-    for files in history.iter().map(commit_files).filter(|f| !f.is_empty()) {
-        let before = missing.len();
-        missing.extend(
+/// A walk back through bronze commits, newest first, collecting the files the ledger misses.
+#[derive(Default)]
+struct UnrecordedSearch {
+    missing: Vec<CommittedFile>,
+}
+
+impl UnrecordedSearch {
+    /// Adds the files of `commit` the ledger misses, and says whether the ledger holds all of
+    /// them (the walk can stop). Commits naming no files (maintenance, an append of rejected
+    /// files only) prove nothing and are passed over.
+    fn reaches_recorded(&mut self, commit: &quantlens_lake::Commit, known: &Known) -> bool {
+        let files = commit_files(commit);
+        if files.is_empty() {
+            return false;
+        }
+        let before = self.missing.len();
+        self.missing.extend(
             files
                 .into_iter()
                 .filter(|f| !known.contains(&f.file, &f.sha256)),
         );
-        if missing.len() == before {
-            return (missing, true);
-        }
+        self.missing.len() == before
     }
-    (missing, false)
 }
 
 /// The landing files a bronze commit lists in its metadata.
@@ -381,6 +384,14 @@ mod tests {
         let (missing, found) = pairs(missing_since_recorded(&history, &ledger(&[("a.csv", "1")])));
         assert_eq!(missing, [("a.csv".to_string(), "2".to_string())]);
         assert!(found);
+    }
+
+    /// The search over a whole `history` (newest first): the files missing, and whether it
+    /// reached a commit the ledger records.
+    fn missing_since_recorded(history: &[Commit], known: &Known) -> (Vec<CommittedFile>, bool) {
+        let mut search = UnrecordedSearch::default();
+        let found = history.iter().any(|c| search.reaches_recorded(c, known));
+        (search.missing, found)
     }
 
     fn pairs((files, found): (Vec<CommittedFile>, bool)) -> (Vec<(String, String)>, bool) {
