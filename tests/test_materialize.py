@@ -7,9 +7,7 @@ import math
 import os
 import signal
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -247,59 +245,6 @@ def test_a_held_lock_gives_exit_75_and_names_the_holder(lake):
         out = lake.run("materialize", expect=75)
         assert "already running other-run-42" in out.stderr
     assert not (lake.data / "bronze").exists()
-
-
-def environments_of(worker):
-    """The worker's environment block (/proc/PID/environ: as its last exec set it up; glibc may
-    cut a multi-part GLIBC_TUNABLES there at the colons) each time it was polled while the worker
-    ran, once the worker has succeeded."""
-    environ = Path(f"/proc/{worker.pid}/environ")
-    seen = []
-    while worker.poll() is None:
-        try:
-            block = environ.read_bytes()
-        except OSError:
-            break
-        if block:  # empty while the process execs or exits
-            seen.append(block)
-        time.sleep(0.002)
-    _, err = worker.communicate(timeout=600)
-    assert worker.returncode == 0, err
-    assert seen, "the worker ended before its environment could be read"
-    return seen
-
-
-def spawn_materialize(lake, tunables):
-    env = lake.env()
-    env.pop("GLIBC_TUNABLES", None)
-    if tunables is not None:
-        env["GLIBC_TUNABLES"] = tunables
-    return subprocess.Popen([str(lake.binary), "materialize", "--run-id", "restarted"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-HUGE_PAGES = b"glibc.malloc.hugetlb=1"
-
-
-@pytest.mark.parametrize("given", [None, "glibc.malloc.arena_test=4"])
-def test_a_build_restarts_itself_once_with_huge_pages_for_malloc(lake, given):
-    # crates/quantlens/src/allocator.rs: the same process (same pid, same arguments) carries on
-    # with the tunable added to what the caller set, and the run completes normally.
-    lake.demo(40, 120)
-    worker = spawn_materialize(lake, given)
-    blocks = environments_of(worker)
-    assert any(HUGE_PAGES in block for block in blocks)
-    if given is not None:
-        assert all(given.encode() in block for block in blocks)
-    record = lake.run_record("restarted")
-    assert record["status"] == "succeeded" and record["pid"] == worker.pid
-
-
-def test_a_huge_pages_tunable_set_by_the_caller_is_left_alone(lake):
-    lake.demo(40, 120)
-    blocks = environments_of(spawn_materialize(lake, "glibc.malloc.hugetlb=0"))
-    assert all(b"GLIBC_TUNABLES=glibc.malloc.hugetlb=0\0" in block for block in blocks)
-    assert not any(HUGE_PAGES in block for block in blocks)
 
 
 def test_bad_usage_exits_2_with_a_clear_message(lake):

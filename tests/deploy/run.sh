@@ -547,6 +547,10 @@ boot_and_check() {
     done
     check "quantlens-maintain.timer is enabled by default" \
         test "$(ct systemctl is-enabled quantlens-maintain.timer 2>&1)" = enabled
+    # The worker's large builds get huge pages from malloc (crates/quantlens/src/allocator.rs):
+    # every unit, the operator's wrapper and (through the trigger) its workers read the env file.
+    check "the env file gives malloc huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)" \
+        ct_grep '^GLIBC_TUNABLES=glibc\.malloc\.hugetlb=1$' cat /etc/quantlens/quantlens.env
     # Lake local, no object-storage keys: no unit asks for the credential (a missing
     # LoadCredential= source would fail the unit), and there is no credential file.
     check "no object-storage credential anywhere (local lake, local backup target, no keys)" \

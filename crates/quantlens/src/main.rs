@@ -312,9 +312,6 @@ fn main() -> ExitCode {
     allocator::keep_large_allocations_returnable();
     die_quietly_on_closed_pipes();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Materialize(_) | Command::Maintain(_)) {
-        allocator::restart_with_huge_pages();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

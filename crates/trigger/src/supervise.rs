@@ -63,6 +63,10 @@ const PASSED_VARS: &[&str] = &[
     // systemd credentials directory (LoadCredential=), so they never sit in the environment.
     "QUANTLENS_S3_CREDENTIALS",
     "CREDENTIALS_DIRECTORY",
+    // glibc's allocator settings, which only the environment can give a process at start-up: the
+    // env file sets `glibc.malloc.hugetlb=1` for the worker's large builds (allocator.rs in
+    // quantlens).
+    "GLIBC_TUNABLES",
 ];
 /// ... and by prefix: locale categories, and object-storage credentials for an s3:// DATA_ROOT.
 const PASSED_PREFIXES: &[&str] = &["LC_", "AWS_"];
@@ -723,6 +727,7 @@ mod tests {
             ("STATE_DIR", "/somewhere/else"),
             ("RANDOM_THING", "x"),
             ("QUANTLENS_NOTIFY_SLACK", "https://hooks.example/x"),
+            ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let env = worker_env(ours.into_iter(), Path::new("/srv/state"));
@@ -735,6 +740,7 @@ mod tests {
                 "AWS_REGION",
                 "LC_ALL",
                 "QUANTLENS_NOTIFY_SLACK",
+                "GLIBC_TUNABLES",
                 "STATE_DIR",
                 "QUANTLENS_TRIGGER",
                 "QUANTLENS_LOG_CAPTURED"
