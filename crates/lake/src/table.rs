@@ -886,15 +886,16 @@ impl Table {
     pub fn commits(&self, limit: Option<usize>) -> BoxStream<'_, Result<Commit, LakeError>> {
         let latest = self.version();
         let oldest = limit.map_or(0, |n| (latest - n as i64 + 1).max(0));
-        futures::stream::try_unfold(latest, move |mut version| async move {
-            while version >= oldest {
+        futures::stream::try_unfold(latest, move |mut next| async move {
+            while next >= oldest {
+                let version = next;
+                next -= 1;
                 // Older commits may have been cleaned up after a checkpoint: the history ends there.
                 let Some(bytes) = self.commit_entry(version).await? else {
                     return Ok(None);
                 };
-                version -= 1;
-                if let Some(commit) = self.commit_of(version + 1, &bytes)? {
-                    return Ok(Some((commit, version)));
+                if let Some(commit) = self.commit_of(version, &bytes)? {
+                    return Ok(Some((commit, next)));
                 }
             }
             Ok(None)
