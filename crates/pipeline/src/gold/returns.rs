@@ -1,32 +1,30 @@
 //! `gold/returns`: per symbol and day over silver/prices, the log return, the 20- and 50-day
 //! moving averages of the close and the 20-day volatility of the log returns. Polars orders the
 //! rows by symbol and date (on one integer key: symbols are ranked first, as strings would make it
-//! sort by comparing bytes) and takes the log returns; the windows are then summed here, each over
-//! exactly its rows, so a value depends on its window alone. That is what lets a rebuild go
-//! through silver a piece of months at a time, carrying each symbol's last [`LOOKBACK_ROWS`] rows
-//! into the next piece, and an update start [`LOOKBACK_ROWS`] rows before a symbol's earliest
-//! change: both give the values of a one-shot computation, bit for bit.
+//! sort by comparing bytes); the returns and windows are then computed here, each window summed
+//! over exactly its rows, so a value depends on its window alone. That is what lets a rebuild go
+//! through silver a piece of months at a time, carrying each symbol's last [`LOOKBACK_ROWS`]
+//! closes into the next piece, and an update start [`LOOKBACK_ROWS`] rows before a symbol's
+//! earliest change: both give the values of a one-shot computation, bit for bit.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use polars::prelude::{col, lit, IntoLazy, SortMultipleOptions};
-use quantlens_engine::dates::day_of;
+use polars::prelude::{IntoLazy, SortMultipleOptions};
 use quantlens_engine::incremental::{self, piece_rows, plan, Changes, Piece, Plan, MONTH};
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, Materialization, Outcome, Output, OutputSchema,
 };
+use quantlens_lake::arrow::array::BooleanArray;
 use quantlens_lake::arrow::array::{
     Array, ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch,
 };
-use quantlens_lake::arrow::array::{BooleanArray, UInt32Array};
-use quantlens_lake::arrow::buffer::NullBuffer;
-use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{batches_to_polars, polars_to_batches, Table};
 
-use super::{arrow_error, drop_month, keep_days, split_by_month, without_month, RETURNS};
+use super::{arrow_error, drop_month, split_by_month, without_month, RETURNS};
 use crate::columns::{string_column, typed_column};
 use crate::silver;
 
@@ -100,8 +98,8 @@ async fn compute(ctx: AssetContext) -> Result<Outcome, AssetError> {
 struct Rebuild {
     silver: Table,
     done_through: Option<String>,
-    /// Each symbol's last [`LOOKBACK_ROWS`] silver rows before the next piece.
-    carry: Vec<RecordBatch>,
+    /// Each symbol's last closes before the next piece.
+    tails: Tails,
 }
 
 /// The whole table, a piece of silver's months at a time (about [`piece_rows`] rows).
@@ -109,7 +107,7 @@ fn rebuild(silver: Table) -> BoxStream<'static, Result<Vec<RecordBatch>, AssetEr
     let start = Rebuild {
         silver,
         done_through: None,
-        carry: Vec::new(),
+        tails: Tails::new(),
     };
     futures::stream::try_unfold(start, |mut state| async move {
         let Some(piece) =
@@ -123,47 +121,11 @@ fn rebuild(silver: Table) -> BoxStream<'static, Result<Vec<RecordBatch>, AssetEr
         while let Some(batch) = batches.try_next().await? {
             rows.push(batch);
         }
-        let carry = std::mem::take(&mut state.carry);
-        let (in_piece, carry) = returns_of_piece(carry, rows, first_day_of(&piece))?;
-        state.carry = vec![carry];
+        let in_piece = returns_of(rows, &mut state.tails, i32::MIN)?;
         state.done_through = Some(piece.through().to_string());
         Ok(Some((split_by_month(&schema(), in_piece)?, state)))
     })
     .boxed()
-}
-
-/// The returns of a piece's silver `rows` (dated `first_day` or later), computed with the rows
-/// `carry` holds from before the piece, and the carry for the next piece.
-fn returns_of_piece(
-    carry: Vec<RecordBatch>,
-    rows: Vec<RecordBatch>,
-    first_day: i32,
-) -> Result<(RecordBatch, RecordBatch), AssetError> {
-    let computed = returns_of(carry.into_iter().chain(rows).collect(), first_day)?;
-    let carry = last_rows_of_each_symbol(&computed, LOOKBACK_ROWS)?;
-    Ok((keep_days(&computed, |day| day >= first_day)?, carry))
-}
-
-fn first_day_of(piece: &Piece) -> i32 {
-    let first = piece.months.first().expect("a piece has months");
-    day_of(
-        chrono::NaiveDate::parse_from_str(&format!("{first}-01"), "%Y-%m-%d")
-            .expect("partition values are YYYY-MM"),
-    )
-}
-
-/// The silver columns of the last `count` rows of each symbol (rows in symbol, date order).
-fn last_rows_of_each_symbol(rows: &RecordBatch, count: usize) -> Result<RecordBatch, AssetError> {
-    let symbols = string_column(rows, "symbol")?;
-    let keep: Vec<u32> = (0..rows.num_rows())
-        .filter(|row| {
-            let later = row + count;
-            later >= rows.num_rows() || symbols.value(later) != symbols.value(*row)
-        })
-        .map(|row| row as u32)
-        .collect();
-    let kept = take_record_batch(rows, &UInt32Array::from(keep)).map_err(arrow_error)?;
-    kept.project(&[0, 1, 2, 3]).map_err(arrow_error)
 }
 
 /// Recomputes the changed symbols' rows in the piece's months from their earliest changed date
@@ -213,7 +175,7 @@ async fn update(
         }
     }
     let earliest = changes.earliest().expect("an update has changes");
-    let recomputed = returns_of(rows, earliest)?;
+    let recomputed = returns_of(rows, &mut Tails::new(), earliest)?;
     let recomputed = keep_rows(&recomputed, |symbol, day| {
         piece.contains_day(day) && changes.covers(symbol, day)
     })?;
@@ -285,14 +247,54 @@ fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
         .collect()
 }
 
-/// Returns and windows per symbol, in (symbol, date) order, without the month column. Rows
-/// dated before `windows_from` are only there to fill the windows of later ones (a carry, a
-/// lookback): their own windows are left null.
-fn returns_of(silver_rows: Vec<RecordBatch>, windows_from: i32) -> Result<RecordBatch, AssetError> {
+/// Each symbol's last closes (at most [`LOOKBACK_ROWS`], oldest first) before the rows being
+/// computed: all a window needs from earlier rows, since the returns are recomputed from them.
+type Tails = HashMap<String, Vec<f64>>;
+
+/// Returns and windows per symbol, in (symbol, date) order, without the month column, for
+/// `silver_rows` following the closes in `tails` (which then hold the new last closes). Rows
+/// dated before `windows_from` are only there to fill the windows of later ones (a lookback):
+/// their own windows are left null.
+///
+/// Only the new rows go through the sort; the tails are read per symbol, so carrying 50 rows of
+/// each of 10,000 symbols costs a lookup per symbol, not half a million more rows to order.
+fn returns_of(
+    silver_rows: Vec<RecordBatch>,
+    tails: &mut Tails,
+    windows_from: i32,
+) -> Result<RecordBatch, AssetError> {
     let output_schema = without_month(&schema());
     if silver_rows.iter().all(|b| b.num_rows() == 0) {
         return Ok(RecordBatch::new_empty(output_schema));
     }
+    let sorted = sorted_by_symbol_and_date(silver_rows)?;
+    let symbols = string_column(&sorted, "symbol")?;
+    let dates = typed_column::<Date32Array>(&sorted, "date")?.values();
+    let closes = typed_column::<Float64Array>(&sorted, "close")?.values();
+    let mut out = Derived::with_capacity(sorted.num_rows());
+    let mut series = Series::default();
+    let mut start = 0;
+    while start < sorted.num_rows() {
+        let symbol = symbols.value(start);
+        let end = (start..sorted.num_rows())
+            .find(|row| symbols.value(*row) != symbol)
+            .unwrap_or(sorted.num_rows());
+        let tail = tails.get(symbol).map_or(&[][..], Vec::as_slice);
+        series.fill(tail, &closes[start..end]);
+        for (index, day) in (tail.len()..).zip(&dates[start..end]) {
+            out.push(&series, index, *day >= windows_from);
+        }
+        let last = series.closes.len().saturating_sub(LOOKBACK_ROWS);
+        tails.insert(symbol.to_string(), series.closes[last..].to_vec());
+        start = end;
+    }
+    let mut columns: Vec<ArrayRef> = sorted.columns()[..4].to_vec();
+    columns.extend(out.into_columns());
+    RecordBatch::try_new(output_schema, columns).map_err(arrow_error)
+}
+
+/// The silver columns of `silver_rows`, ordered by Polars on one integer key (symbol rank, date).
+fn sorted_by_symbol_and_date(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
     let keys = sort_keys(&silver_rows)?;
     let mut fields: Vec<Field> = schema().fields()[..4]
         .iter()
@@ -323,107 +325,104 @@ fn returns_of(silver_rows: Vec<RecordBatch>, windows_from: i32) -> Result<Record
     let mut sorted = frame
         .lazy()
         .sort([SORT_KEY], SortMultipleOptions::default())
-        .with_column(
-            (col("close") / col("close").shift(lit(1)))
-                .log(lit(std::f64::consts::E))
-                .alias("log_return"),
-        )
         .collect()
         .map_err(polars_error)?;
-    let mut sorted_fields: Vec<Field> = keyed_schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    sorted_fields.push(Field::new("log_return", DataType::Float64, true));
-    let sorted_schema = Arc::new(Schema::new(sorted_fields));
-    let batches = polars_to_batches(&mut sorted, &sorted_schema)?;
+    let batches = polars_to_batches(&mut sorted, &keyed_schema)?;
     drop(sorted);
-    let sorted = concat_batches(&sorted_schema, &batches).map_err(arrow_error)?;
-    drop(batches);
-
-    let keys = typed_column::<Int64Array>(&sorted, SORT_KEY)?;
-    let runs = symbol_runs(keys);
-    // The first row of each symbol has no return (Polars divided by the row before, another
-    // symbol's).
-    let ratios = typed_column::<Float64Array>(&sorted, "log_return")?;
-    let starts = NullBuffer::from_iter((0..ratios.len()).map(|row| runs[row] != row));
-    let log_return = Float64Array::new(ratios.values().clone(), Some(starts));
-    let close = typed_column::<Float64Array>(&sorted, "close")?;
-    let windows = Windows {
-        runs: &runs,
-        dates: typed_column::<Date32Array>(&sorted, "date")?.values(),
-        from: windows_from,
-    };
-    let mut columns: Vec<ArrayRef> = sorted.columns()[..4].to_vec();
-    columns.push(Arc::new(windows.means(close, 20)));
-    columns.push(Arc::new(windows.means(close, 50)));
-    columns.push(Arc::new(windows.std(&log_return, 20)));
-    columns.insert(4, Arc::new(log_return));
-    RecordBatch::try_new(output_schema, columns).map_err(arrow_error)
+    let sorted = concat_batches(&keyed_schema, &batches).map_err(arrow_error)?;
+    sorted.project(&[0, 1, 2, 3]).map_err(arrow_error)
 }
 
-/// For each row, the index of the first row of its symbol (rows sorted by key: symbol first).
-fn symbol_runs(keys: &Int64Array) -> Vec<usize> {
-    let keys = keys.values();
-    let mut start = 0;
-    (0..keys.len())
-        .map(|row| {
-            if row > 0 && keys[row] >> 32 != keys[row - 1] >> 32 {
-                start = row;
-            }
-            start
-        })
-        .collect()
+/// One symbol's closes, its carried tail first, and the log returns between them.
+#[derive(Default)]
+struct Series {
+    closes: Vec<f64>,
+    /// `returns[i]` is the return into `closes[i]`; `returns[0]` has none and is never read.
+    returns: Vec<f64>,
 }
 
-/// Rolling windows over rows sorted by symbol then date.
-struct Windows<'a> {
-    /// For each row, the index of the first row of its symbol.
-    runs: &'a [usize],
-    /// Each row's date: rows dated before `from` get no window of their own.
-    dates: &'a [i32],
-    from: i32,
+impl Series {
+    fn fill(&mut self, tail: &[f64], closes: &[f64]) {
+        self.closes.clear();
+        self.closes.extend_from_slice(tail);
+        self.closes.extend_from_slice(closes);
+        self.returns.clear();
+        self.returns.push(f64::NAN);
+        self.returns.extend(
+            self.closes
+                .windows(2)
+                .map(|pair| (pair[1] / pair[0]).log(std::f64::consts::E)),
+        );
+    }
 }
 
-impl Windows<'_> {
-    /// `reduce` over each window of `size` rows ending at a row dated `from` or later, where the
-    /// symbol has that many rows by then and none of them is null; null elsewhere.
-    fn rolling(
-        &self,
-        values: &Float64Array,
-        size: usize,
-        reduce: impl Fn(&[f64]) -> f64,
-    ) -> Float64Array {
-        let mut valid_from = 0;
-        (0..values.len())
-            .map(|row| {
-                if values.is_null(row) {
-                    valid_from = row + 1;
-                }
-                let first = (row + 1).checked_sub(size)?;
-                (first >= valid_from.max(self.runs[row]) && self.dates[row] >= self.from)
-                    .then(|| reduce(&values.values()[first..=row]))
-            })
-            .collect()
+/// The derived columns, a row at a time.
+struct Derived {
+    log_return: Vec<Option<f64>>,
+    sma_20: Vec<Option<f64>>,
+    sma_50: Vec<Option<f64>>,
+    vol_20: Vec<Option<f64>>,
+}
+
+impl Derived {
+    fn with_capacity(rows: usize) -> Self {
+        Derived {
+            log_return: Vec::with_capacity(rows),
+            sma_20: Vec::with_capacity(rows),
+            sma_50: Vec::with_capacity(rows),
+            vol_20: Vec::with_capacity(rows),
+        }
     }
 
-    /// Rolling means whose every value is a sum over exactly its window, in row order, so that
-    /// a recompute that starts later in a symbol's history gives bit-identical values. (Polars'
-    /// rolling sums carry a running compensated sum from the series' first row, so theirs would
-    /// differ in the last bits depending on where a computation starts.)
-    fn means(&self, values: &Float64Array, size: usize) -> Float64Array {
-        self.rolling(values, size, |w| w.iter().sum::<f64>() / size as f64)
+    /// The values of the row at `index` of `series`: the first row of a symbol has no return,
+    /// and a window needs all its rows (vol_20 needs 20 returns, so 21 closes); rows outside
+    /// `with_windows` get none.
+    fn push(&mut self, series: &Series, index: usize, with_windows: bool) {
+        self.log_return
+            .push((index > 0).then(|| series.returns[index]));
+        let window = |values, size, first_valid| {
+            window_ending_at(values, index, size, first_valid).filter(|_| with_windows)
+        };
+        self.sma_20.push(window(&series.closes, 20, 0).map(mean));
+        self.sma_50.push(window(&series.closes, 50, 0).map(mean));
+        self.vol_20
+            .push(window(&series.returns, 20, 1).map(sample_std));
     }
 
-    /// Rolling sample standard deviations (n - 1), computed like [`Windows::means`].
-    fn std(&self, values: &Float64Array, size: usize) -> Float64Array {
-        self.rolling(values, size, |w| {
-            let mean = w.iter().sum::<f64>() / size as f64;
-            let squares: f64 = w.iter().map(|v| (v - mean) * (v - mean)).sum();
-            (squares / (size - 1) as f64).sqrt()
-        })
+    fn into_columns(self) -> [ArrayRef; 4] {
+        [
+            Arc::new(Float64Array::from(self.log_return)),
+            Arc::new(Float64Array::from(self.sma_20)),
+            Arc::new(Float64Array::from(self.sma_50)),
+            Arc::new(Float64Array::from(self.vol_20)),
+        ]
     }
+}
+
+/// The `size` values ending at `index`, if they all lie at `first_valid` or after.
+fn window_ending_at(
+    values: &[f64],
+    index: usize,
+    size: usize,
+    first_valid: usize,
+) -> Option<&[f64]> {
+    let first = (index + 1).checked_sub(size)?;
+    (first >= first_valid).then(|| &values[first..=index])
+}
+
+/// The mean of a window, summed over exactly its values in row order, so that a recompute that
+/// starts later in a symbol's history gives bit-identical values. (Polars' rolling sums carry a
+/// running compensated sum from the series' first row, so theirs would differ in the last bits
+/// depending on where a computation starts.)
+fn mean(window: &[f64]) -> f64 {
+    window.iter().sum::<f64>() / window.len() as f64
+}
+
+/// The sample standard deviation (n - 1) of a window, computed like [`mean`].
+fn sample_std(window: &[f64]) -> f64 {
+    let mean = mean(window);
+    let squares: f64 = window.iter().map(|v| (v - mean) * (v - mean)).sum();
+    (squares / (window.len() - 1) as f64).sqrt()
 }
 
 fn float_columns(batch: &RecordBatch) -> impl Iterator<Item = (&str, &Float64Array)> {
@@ -480,6 +479,7 @@ fn no_extreme_moves(batches: &[RecordBatch]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gold::keep_days;
     use quantlens_lake::arrow::array::StringArray;
 
     /// Silver rows of a few symbols over `days` days: one listed late, one with a long gap.
@@ -520,19 +520,17 @@ mod tests {
     #[test]
     fn a_rebuild_in_pieces_equals_one_computation_bit_for_bit() {
         let silver = silver_rows(300);
-        let whole = returns_of(vec![silver.clone()], i32::MIN).unwrap();
-        // Pieces of 1 to 70 days, cut wherever: the carry must make every window exact.
+        let whole = returns_of(vec![silver.clone()], &mut Tails::new(), i32::MIN).unwrap();
+        // Pieces of 1 to 70 days, cut wherever: the tails must make every window exact.
         for size in [1, 7, 31, 70] {
-            let mut carry = Vec::new();
+            let mut tails = Tails::new();
             let mut pieces = Vec::new();
             for first_day in (18_000..18_300).step_by(size) {
                 let rows = keep_days(&silver, |d| {
                     (first_day..first_day + size as i32).contains(&d)
                 })
                 .unwrap();
-                let (piece, next) = returns_of_piece(carry, vec![rows], first_day).unwrap();
-                pieces.push(piece);
-                carry = vec![next];
+                pieces.push(returns_of(vec![rows], &mut tails, i32::MIN).unwrap());
             }
             let pieced = concat_batches(&whole.schema(), &pieces).unwrap();
             let sorted = |batch: &RecordBatch| {
@@ -549,7 +547,7 @@ mod tests {
 
     #[test]
     fn the_first_row_of_each_symbol_has_no_return_and_windows_need_full_history() {
-        let whole = returns_of(vec![silver_rows(60)], i32::MIN).unwrap();
+        let whole = returns_of(vec![silver_rows(60)], &mut Tails::new(), i32::MIN).unwrap();
         let symbols = string_column(&whole, "symbol").unwrap();
         let log_return = typed_column::<Float64Array>(&whole, "log_return").unwrap();
         let sma_50 = typed_column::<Float64Array>(&whole, "sma_50").unwrap();
