@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use quantlens_engine::dates::month_of;
+use quantlens_engine::dates::{date_of, day_of, month_of, month_start};
 use quantlens_engine::AssetError;
 use quantlens_lake::arrow::array::{
     ArrayRef, BooleanArray, Date32Array, RecordBatch, StringArray, UInt32Array,
@@ -74,11 +74,95 @@ fn split_by_month(schema: &SchemaRef, batch: RecordBatch) -> Result<Vec<RecordBa
         .into_iter()
         .map(|(month, rows)| {
             let rows = take_record_batch(&batch, &UInt32Array::from(rows)).map_err(arrow_error)?;
-            let mut columns = rows.columns().to_vec();
-            let month_column =
-                StringArray::from_iter_values(std::iter::repeat_n(month.as_str(), rows.num_rows()));
-            columns.push(Arc::new(month_column) as ArrayRef);
-            RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
+            with_month(schema, rows, &month)
         })
         .collect()
+}
+
+/// [`split_by_month`] for rows already grouped by month, in month order: each month's batch is a
+/// slice of `batch`, not a copy.
+fn split_grouped_by_month(
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<Vec<RecordBatch>, AssetError> {
+    let dates = typed_column::<Date32Array>(batch, "date")?.values();
+    let mut months = Vec::new();
+    let mut start = 0;
+    while start < dates.len() {
+        let next_month = day_of(
+            date_of(month_start(dates[start]))
+                .checked_add_months(chrono::Months::new(1))
+                .expect("dates stay in chrono's range"),
+        );
+        let end = start + dates[start..].partition_point(|day| *day < next_month);
+        months.push(with_month(
+            schema,
+            batch.slice(start, end - start),
+            &month_of(dates[start]),
+        )?);
+        start = end;
+    }
+    Ok(months)
+}
+
+/// `rows` of one month with the `month` column appended.
+fn with_month(
+    schema: &SchemaRef,
+    rows: RecordBatch,
+    month: &str,
+) -> Result<RecordBatch, AssetError> {
+    let mut columns = rows.columns().to_vec();
+    let month_column = StringArray::from_iter_values(std::iter::repeat_n(month, rows.num_rows()));
+    columns.push(Arc::new(month_column) as ArrayRef);
+    RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quantlens_lake::arrow::array::Int64Array;
+    use quantlens_lake::arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn grouped_rows_split_into_the_same_months_as_any_rows() {
+        // Rows grouped by month (January, February, March), in no order within a month.
+        let days = [19_737, 19_723, 19_753, 19_782, 19_754, 19_813, 19_800];
+        let rows = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("date", DataType::Date32, false),
+                Field::new("n", DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(Date32Array::from(days.to_vec())),
+                Arc::new(Int64Array::from_iter_values(0..days.len() as i64)),
+            ],
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("date", DataType::Date32, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("month", DataType::Utf8, false),
+        ]));
+        let grouped = split_grouped_by_month(&schema, &rows).unwrap();
+        assert_eq!(grouped, split_by_month(&schema, rows).unwrap());
+        let months: Vec<&str> = grouped
+            .iter()
+            .map(|batch| {
+                batch
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .value(0)
+            })
+            .collect();
+        assert_eq!(months, ["2024-01", "2024-02", "2024-03"]);
+        assert_eq!(
+            grouped
+                .iter()
+                .map(RecordBatch::num_rows)
+                .collect::<Vec<_>>(),
+            [3, 2, 2]
+        );
+    }
 }

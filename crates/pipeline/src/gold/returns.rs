@@ -12,19 +12,22 @@ use std::sync::Arc;
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use polars::prelude::{IntoLazy, SortMultipleOptions};
+use quantlens_engine::dates::month_start;
 use quantlens_engine::incremental::{self, piece_rows, plan, Changes, Piece, Plan, MONTH};
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, Materialization, Outcome, Output, OutputSchema,
 };
-use quantlens_lake::arrow::array::BooleanArray;
 use quantlens_lake::arrow::array::{
     Array, ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch,
 };
+use quantlens_lake::arrow::array::{BooleanArray, Float64Builder};
 use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use quantlens_lake::{batches_to_polars, polars_to_batches, Table};
 
-use super::{arrow_error, drop_month, split_by_month, without_month, RETURNS};
+use super::{
+    arrow_error, drop_month, split_by_month, split_grouped_by_month, without_month, RETURNS,
+};
 use crate::columns::{string_column, typed_column};
 use crate::silver;
 
@@ -123,7 +126,7 @@ fn rebuild(silver: Table) -> BoxStream<'static, Result<Vec<RecordBatch>, AssetEr
         }
         let in_piece = returns_of(rows, &mut state.tails, i32::MIN)?;
         state.done_through = Some(piece.through().to_string());
-        Ok(Some((split_by_month(&schema(), in_piece)?, state)))
+        Ok(Some((split_grouped_by_month(&schema(), &in_piece)?, state)))
     })
     .boxed()
 }
@@ -216,14 +219,28 @@ fn keep_rows(
     filter_record_batch(batch, &mask).map_err(arrow_error)
 }
 
-/// Each row's sort key: the rank of its symbol in name order in the high 32 bits, its date
-/// (shifted to be non-negative) in the low ones.
+/// Each row's sort key, ordering rows by month, then symbol name, then date: the month (as days
+/// from the earliest month's first day) in the high bits, the symbol's rank in name order in the
+/// middle 32, the day of the month in the low 8. A month's rows are then one contiguous run in
+/// the (symbol, date) order its file keeps, written without a copy, and a symbol's rows of
+/// consecutive months follow each other through the tails.
 fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
     let mut ids: HashMap<&str, u32> = HashMap::new();
+    let mut ids_of_rows = Vec::with_capacity(batches.len());
+    let mut first_month = i32::MAX;
     for batch in batches {
-        for symbol in string_column(batch, "symbol")?.iter().flatten() {
-            let next = ids.len() as u32;
-            ids.entry(symbol).or_insert(next);
+        let symbols = string_column(batch, "symbol")?;
+        let rows: Vec<u32> = symbols
+            .iter()
+            .map(|symbol| {
+                let next = ids.len() as u32;
+                *ids.entry(symbol.unwrap_or_default()).or_insert(next)
+            })
+            .collect();
+        ids_of_rows.push(rows);
+        let dates = typed_column::<Date32Array>(batch, "date")?;
+        if let Some(first) = dates.values().iter().min() {
+            first_month = first_month.min(month_start(*first));
         }
     }
     let mut names: Vec<(&str, u32)> = ids.iter().map(|(name, id)| (*name, *id)).collect();
@@ -232,17 +249,28 @@ fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
     for (rank, (_, id)) in names.iter().enumerate() {
         rank_of_id[*id as usize] = rank as i64;
     }
+    // Silver keeps its rows in date order: consecutive rows mostly share their day.
+    let mut last = (i32::MIN, 0);
+    let mut month_of_day = |day: i32| {
+        if day != last.0 {
+            last = (day, month_start(day));
+        }
+        last.1
+    };
     batches
         .iter()
-        .map(|batch| {
-            let symbols = string_column(batch, "symbol")?;
-            let dates = typed_column::<Date32Array>(batch, "date")?;
-            Ok(Int64Array::from_iter_values(
-                symbols.iter().zip(dates.values()).map(|(symbol, day)| {
-                    let rank = rank_of_id[ids[symbol.unwrap_or_default()] as usize];
-                    (rank << 32) | (*day as i64 - i32::MIN as i64)
-                }),
-            ))
+        .zip(ids_of_rows)
+        .map(|(batch, ids)| {
+            let dates = typed_column::<Date32Array>(batch, "date")?.values();
+            let mut keys = Vec::with_capacity(ids.len());
+            for (id, day) in ids.into_iter().zip(dates) {
+                let month = month_of_day(*day);
+                let rank = rank_of_id[id as usize];
+                keys.push(
+                    (i64::from(month - first_month) << 40) | (rank << 8) | i64::from(day - month),
+                );
+            }
+            Ok(Int64Array::from(keys))
         })
         .collect()
 }
@@ -251,7 +279,7 @@ fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
 /// computed: all a window needs from earlier rows, since the returns are recomputed from them.
 type Tails = HashMap<String, Vec<f64>>;
 
-/// Returns and windows per symbol, in (symbol, date) order, without the month column, for
+/// Returns and windows per symbol, in (month, symbol, date) order, without the month column, for
 /// `silver_rows` following the closes in `tails` (which then hold the new last closes). Rows
 /// dated before `windows_from` are only there to fill the windows of later ones (a lookback):
 /// their own windows are left null.
@@ -284,8 +312,16 @@ fn returns_of(
         for (index, day) in (tail.len()..).zip(&dates[start..end]) {
             out.push(&series, index, *day >= windows_from);
         }
-        let last = series.closes.len().saturating_sub(LOOKBACK_ROWS);
-        tails.insert(symbol.to_string(), series.closes[last..].to_vec());
+        let kept = &series.closes[series.closes.len().saturating_sub(LOOKBACK_ROWS)..];
+        match tails.get_mut(symbol) {
+            Some(tail) => {
+                tail.clear();
+                tail.extend_from_slice(kept);
+            }
+            None => {
+                tails.insert(symbol.to_string(), kept.to_vec());
+            }
+        }
         start = end;
     }
     let mut columns: Vec<ArrayRef> = sorted.columns()[..4].to_vec();
@@ -293,7 +329,8 @@ fn returns_of(
     RecordBatch::try_new(output_schema, columns).map_err(arrow_error)
 }
 
-/// The silver columns of `silver_rows`, ordered by Polars on one integer key (symbol rank, date).
+/// The silver columns of `silver_rows`, ordered by Polars on one integer key (month, symbol
+/// rank, date: see [`sort_keys`]).
 fn sorted_by_symbol_and_date(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
     let keys = sort_keys(&silver_rows)?;
     let mut fields: Vec<Field> = schema().fields()[..4]
@@ -358,19 +395,19 @@ impl Series {
 
 /// The derived columns, a row at a time.
 struct Derived {
-    log_return: Vec<Option<f64>>,
-    sma_20: Vec<Option<f64>>,
-    sma_50: Vec<Option<f64>>,
-    vol_20: Vec<Option<f64>>,
+    log_return: Float64Builder,
+    sma_20: Float64Builder,
+    sma_50: Float64Builder,
+    vol_20: Float64Builder,
 }
 
 impl Derived {
     fn with_capacity(rows: usize) -> Self {
         Derived {
-            log_return: Vec::with_capacity(rows),
-            sma_20: Vec::with_capacity(rows),
-            sma_50: Vec::with_capacity(rows),
-            vol_20: Vec::with_capacity(rows),
+            log_return: Float64Builder::with_capacity(rows),
+            sma_20: Float64Builder::with_capacity(rows),
+            sma_50: Float64Builder::with_capacity(rows),
+            vol_20: Float64Builder::with_capacity(rows),
         }
     }
 
@@ -379,22 +416,24 @@ impl Derived {
     /// `with_windows` get none.
     fn push(&mut self, series: &Series, index: usize, with_windows: bool) {
         self.log_return
-            .push((index > 0).then(|| series.returns[index]));
+            .append_option((index > 0).then(|| series.returns[index]));
         let window = |values, size, first_valid| {
             window_ending_at(values, index, size, first_valid).filter(|_| with_windows)
         };
-        self.sma_20.push(window(&series.closes, 20, 0).map(mean));
-        self.sma_50.push(window(&series.closes, 50, 0).map(mean));
+        self.sma_20
+            .append_option(window(&series.closes, 20, 0).map(mean));
+        self.sma_50
+            .append_option(window(&series.closes, 50, 0).map(mean));
         self.vol_20
-            .push(window(&series.returns, 20, 1).map(sample_std));
+            .append_option(window(&series.returns, 20, 1).map(sample_std));
     }
 
-    fn into_columns(self) -> [ArrayRef; 4] {
+    fn into_columns(mut self) -> [ArrayRef; 4] {
         [
-            Arc::new(Float64Array::from(self.log_return)),
-            Arc::new(Float64Array::from(self.sma_20)),
-            Arc::new(Float64Array::from(self.sma_50)),
-            Arc::new(Float64Array::from(self.vol_20)),
+            Arc::new(self.log_return.finish()),
+            Arc::new(self.sma_20.finish()),
+            Arc::new(self.sma_50.finish()),
+            Arc::new(self.vol_20.finish()),
         ]
     }
 }
@@ -481,6 +520,7 @@ mod tests {
     use super::*;
     use crate::gold::keep_days;
     use quantlens_lake::arrow::array::StringArray;
+    use quantlens_lake::arrow::compute::take_record_batch;
 
     /// Silver rows of a few symbols over `days` days: one listed late, one with a long gap.
     fn silver_rows(days: i32) -> RecordBatch {
@@ -537,7 +577,7 @@ mod tests {
                 let keys = sort_keys(std::slice::from_ref(batch)).unwrap().remove(0);
                 let order =
                     quantlens_lake::arrow::compute::sort_to_indices(&keys, None, None).unwrap();
-                quantlens_lake::arrow::compute::take_record_batch(batch, &order).unwrap()
+                take_record_batch(batch, &order).unwrap()
             };
             assert_eq!(sorted(&pieced), whole, "pieces of {size} day(s)");
         }
@@ -548,6 +588,16 @@ mod tests {
     #[test]
     fn the_first_row_of_each_symbol_has_no_return_and_windows_need_full_history() {
         let whole = returns_of(vec![silver_rows(60)], &mut Tails::new(), i32::MIN).unwrap();
+        // By symbol, then date (returns_of orders by month first).
+        let order = quantlens_lake::arrow::compute::lexsort_to_indices(
+            &[0, 1].map(|column| quantlens_lake::arrow::compute::SortColumn {
+                values: whole.column(column).clone(),
+                options: None,
+            }),
+            None,
+        )
+        .unwrap();
+        let whole = take_record_batch(&whole, &order).unwrap();
         let symbols = string_column(&whole, "symbol").unwrap();
         let log_return = typed_column::<Float64Array>(&whole, "log_return").unwrap();
         let sma_50 = typed_column::<Float64Array>(&whole, "sma_50").unwrap();
