@@ -225,7 +225,7 @@ fn keep_rows(
 /// the (symbol, date) order its file keeps, written without a copy, and a symbol's rows of
 /// consecutive months follow each other through the tails.
 fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
-    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let mut ids: foldhash::HashMap<&str, u32> = foldhash::HashMap::default();
     let mut ids_of_rows = Vec::with_capacity(batches.len());
     let mut first_month = i32::MAX;
     for batch in batches {
