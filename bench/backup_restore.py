@@ -25,6 +25,8 @@ from pathlib import Path
 
 from materialize import default_binary, machine
 
+from deployed import use_deployed_allocator
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,6 +34,7 @@ def main():
     parser.add_argument("--days", type=int, default=2520)
     parser.add_argument("--binary", default=None)
     args = parser.parse_args()
+    use_deployed_allocator()
     binary = args.binary or default_binary()
     root = Path(tempfile.mkdtemp(prefix="ql-bench-backup-"))
     with socket.socket() as s:

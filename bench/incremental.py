@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from materialize import default_binary, machine  # noqa: E402
+from deployed import use_deployed_allocator  # noqa: E402
 
 CACHED_BINARY = "/root/.cache/quantlens/target/release/quantlens"
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -510,6 +511,7 @@ def main():
                         help="scratch directory to use instead of a new temporary one (each part "
                              "deletes its data when done; the directory itself is left)")
     args = parser.parse_args()
+    use_deployed_allocator()
     binary = pick_binary(args.binary)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-bench-incr-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from deployed import use_deployed_allocator
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -61,6 +63,7 @@ def main():
     parser.add_argument("--binary", default=None)
     parser.add_argument("--keep", default=None, help="use this directory and keep it")
     args = parser.parse_args()
+    use_deployed_allocator()
     binary = args.binary or default_binary()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-bench-"))
     env = dict(os.environ, DATA_ROOT=str(root / "data"), STATE_DIR=str(root / "state"))

@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from materialize import default_binary, machine  # noqa: E402
+from deployed import use_deployed_allocator  # noqa: E402
 from cgroup_memory import MemoryLimit  # noqa: E402
 
 
@@ -106,6 +107,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over the sizes; the summary shows each size's median")
     args = parser.parse_args()
+    use_deployed_allocator()
     binary = args.binary or default_binary()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-scale-"))
     root.mkdir(parents=True, exist_ok=True)

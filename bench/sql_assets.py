@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from incremental import Run, asset_seconds, pick_binary, run_record  # noqa: E402
 from materialize import REPO, machine  # noqa: E402
+from deployed import use_deployed_allocator  # noqa: E402
 
 SQL_ASSETS = ["gold/high_low_52w", "gold/symbol_summary"]
 
@@ -52,6 +53,7 @@ def main():
     parser.add_argument("--days", type=int, default=2520)
     parser.add_argument("--daily", type=int, default=3, help="daily deliveries to time")
     args = parser.parse_args()
+    use_deployed_allocator()
     binary = pick_binary(args.binary)
     work = Path(tempfile.mkdtemp(prefix="ql-sql-bench-"))
     try:

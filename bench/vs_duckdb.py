@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from materialize import default_binary, machine  # noqa: E402
+from deployed import use_deployed_allocator  # noqa: E402
 
 HEADER = "symbol,date,open,high,low,close,volume"
 
@@ -153,6 +154,7 @@ def main():
     parser.add_argument("--keep", default=None, help="use this directory and keep it")
     parser.add_argument("--plain-duckdb", nargs=2, metavar=("LANDING", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    use_deployed_allocator()
     if args.plain_duckdb:
         return plain_duckdb(*args.plain_duckdb)
 
