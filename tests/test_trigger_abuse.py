@@ -19,6 +19,7 @@ from trigger_support import Daemon, standin, wait_for
 
 CONNECTIONS = 1024  # connections.rs MAX_CONNECTIONS
 HEAD_TIMEOUT = 5.0  # connections.rs HEAD_TIMEOUT
+PACE = 64  # connections a flood keeps waiting for the daemon to accept (its listen queue holds 128)
 
 
 def open_fds(pid):
@@ -140,15 +141,24 @@ def test_floods_slow_senders_and_endless_bodies_are_bounded(tmp_path):
 
 
 def flood_to_the_limit(daemon, base_fds, attempts=3):
-    """Opens CONNECTIONS + 76 silent connections (the excess fits the listen queue, 128 here) and
-    returns them with the most the daemon held at once. The daemon closes each after the head
-    timeout, so the limit is only reached if the flood is accepted within 5 s of its first
-    connection; when the host stalled that long (a flood normally takes well under a second),
-    the flood is closed and tried again."""
+    """Opens CONNECTIONS + 76 silent connections (the excess waits in the daemon's listen queue)
+    and returns them with the most the daemon held at once. The daemon closes each after the head
+    timeout, so the limit is only reached if the whole flood is accepted within 5 s of its first
+    connection. Connecting faster than the daemon accepts would fill the listen queue, and each
+    connect past it waits for the kernel's SYN retry (1 s): a flood then took 6-8 s and the first
+    connections were gone before the last arrived. So the flood keeps at most PACE connections
+    waiting to be accepted; and when the host stalls it past half the head timeout anyway, it is
+    closed and tried again."""
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
-        flood = [socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
-                 for _ in range(CONNECTIONS + 76)]
+        flood = []
+        for _ in range(CONNECTIONS + 76):
+            flood.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=10))
+            if len(flood) % PACE == 0 and len(flood) <= CONNECTIONS:
+                accepted = len(flood) - PACE
+                deadline = time.monotonic() + HEAD_TIMEOUT
+                while open_fds(daemon.pid) - base_fds < accepted and time.monotonic() < deadline:
+                    time.sleep(0.005)
         opened_in = time.monotonic() - started
         most = 0
         deadline = time.monotonic() + HEAD_TIMEOUT
