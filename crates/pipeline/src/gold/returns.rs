@@ -11,19 +11,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use polars::prelude::{IntoLazy, SortMultipleOptions};
+use polars::prelude::{ChunkSort, Int64Chunked, SortOptions};
 use quantlens_engine::dates::month_start;
 use quantlens_engine::incremental::{self, piece_rows, plan, Changes, Piece, Plan, MONTH};
 use quantlens_engine::{
     Asset, AssetContext, AssetError, Check, Materialization, Outcome, Output, OutputSchema,
 };
-use quantlens_lake::arrow::array::{
-    Array, ArrayRef, Date32Array, Float64Array, Int64Array, RecordBatch,
-};
-use quantlens_lake::arrow::array::{BooleanArray, Float64Builder};
-use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch};
+use quantlens_lake::arrow::array::{Array, ArrayRef, Date32Array, Float64Array, RecordBatch};
+use quantlens_lake::arrow::array::{BooleanArray, Float64Builder, UInt32Array};
+use quantlens_lake::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use quantlens_lake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use quantlens_lake::{batches_to_polars, polars_to_batches, Table};
+use quantlens_lake::Table;
 
 use super::{
     arrow_error, drop_month, split_by_month, split_grouped_by_month, without_month, RETURNS,
@@ -224,7 +222,7 @@ fn keep_rows(
 /// middle 32, the day of the month in the low 8. A month's rows are then one contiguous run in
 /// the (symbol, date) order its file keeps, written without a copy, and a symbol's rows of
 /// consecutive months follow each other through the tails.
-fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
+fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<i64>, AssetError> {
     let mut ids: foldhash::HashMap<&str, u32> = foldhash::HashMap::default();
     let mut ids_of_rows = Vec::with_capacity(batches.len());
     let mut first_month = i32::MAX;
@@ -257,22 +255,18 @@ fn sort_keys(batches: &[RecordBatch]) -> Result<Vec<Int64Array>, AssetError> {
         }
         last.1
     };
-    batches
-        .iter()
-        .zip(ids_of_rows)
-        .map(|(batch, ids)| {
-            let dates = typed_column::<Date32Array>(batch, "date")?.values();
-            let mut keys = Vec::with_capacity(ids.len());
-            for (id, day) in ids.into_iter().zip(dates) {
-                let month = month_of_day(*day);
-                let rank = rank_of_id[id as usize];
-                keys.push(
-                    (i64::from(month - first_month) << 40) | (rank << 8) | i64::from(day - month),
-                );
-            }
-            Ok(Int64Array::from(keys))
-        })
-        .collect()
+    let mut keys = Vec::with_capacity(ids_of_rows.iter().map(Vec::len).sum());
+    for (batch, ids) in batches.iter().zip(ids_of_rows) {
+        let dates = typed_column::<Date32Array>(batch, "date")?.values();
+        for (id, day) in ids.into_iter().zip(dates) {
+            let month = month_of_day(*day);
+            let rank = rank_of_id[id as usize];
+            keys.push(
+                (i64::from(month - first_month) << 40) | (rank << 8) | i64::from(day - month),
+            );
+        }
+    }
+    Ok(keys)
 }
 
 /// Each symbol's last closes (at most [`LOOKBACK_ROWS`], oldest first) before the rows being
@@ -329,21 +323,19 @@ fn returns_of(
     RecordBatch::try_new(output_schema, columns).map_err(arrow_error)
 }
 
-/// The silver columns of `silver_rows`, ordered by Polars on one integer key (month, symbol
-/// rank, date: see [`sort_keys`]).
+/// The silver columns of `silver_rows`, ordered by one integer key (month, symbol rank, date:
+/// see [`sort_keys`]). Polars sorts the keys alone (in parallel) and the columns are gathered
+/// once in that order: handing it the columns instead would convert the symbols to its string
+/// views and back, three copies of a piece where one does.
 fn sorted_by_symbol_and_date(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
-    let keys = sort_keys(&silver_rows)?;
-    let mut fields: Vec<Field> = schema().fields()[..4]
+    let keys = Int64Chunked::from_vec(SORT_KEY.into(), sort_keys(&silver_rows)?);
+    let order = keys.arg_sort(SortOptions::default());
+    let order = UInt32Array::from(order.cont_slice().map_err(polars_error)?.to_vec());
+    let silver_schema = Arc::new(Schema::new(schema().fields()[..4].to_vec()));
+    let projected = silver_rows
         .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(SORT_KEY, DataType::Int64, false));
-    let keyed_schema = Arc::new(Schema::new(fields));
-    let keyed = silver_rows
-        .iter()
-        .zip(keys)
-        .map(|(batch, key)| {
-            let mut columns: Vec<ArrayRef> = SILVER_COLUMNS
+        .map(|batch| {
+            let columns = SILVER_COLUMNS
                 .iter()
                 .map(|name| {
                     batch
@@ -351,23 +343,14 @@ fn sorted_by_symbol_and_date(silver_rows: Vec<RecordBatch>) -> Result<RecordBatc
                         .cloned()
                         .ok_or_else(|| AssetError::data(format!("silver has no `{name}`")))
                 })
-                .collect::<Result<_, _>>()?;
-            columns.push(Arc::new(key));
-            RecordBatch::try_new(keyed_schema.clone(), columns).map_err(arrow_error)
+                .collect::<Result<Vec<_>, _>>()?;
+            RecordBatch::try_new(silver_schema.clone(), columns).map_err(arrow_error)
         })
         .collect::<Result<Vec<_>, _>>()?;
     drop(silver_rows);
-    let frame = batches_to_polars(&keyed_schema, &keyed)?;
-    drop(keyed);
-    let mut sorted = frame
-        .lazy()
-        .sort([SORT_KEY], SortMultipleOptions::default())
-        .collect()
-        .map_err(polars_error)?;
-    let batches = polars_to_batches(&mut sorted, &keyed_schema)?;
-    drop(sorted);
-    let sorted = concat_batches(&keyed_schema, &batches).map_err(arrow_error)?;
-    sorted.project(&[0, 1, 2, 3]).map_err(arrow_error)
+    let silver = concat_batches(&silver_schema, &projected).map_err(arrow_error)?;
+    drop(projected);
+    take_record_batch(&silver, &order).map_err(arrow_error)
 }
 
 /// One symbol's closes, its carried tail first, and the log returns between them.
@@ -519,6 +502,7 @@ fn no_extreme_moves(batches: &[RecordBatch]) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::gold::keep_days;
+    use quantlens_lake::arrow::array::Int64Array;
     use quantlens_lake::arrow::array::StringArray;
     use quantlens_lake::arrow::compute::take_record_batch;
 
@@ -574,7 +558,7 @@ mod tests {
             }
             let pieced = concat_batches(&whole.schema(), &pieces).unwrap();
             let sorted = |batch: &RecordBatch| {
-                let keys = sort_keys(std::slice::from_ref(batch)).unwrap().remove(0);
+                let keys = Int64Array::from(sort_keys(std::slice::from_ref(batch)).unwrap());
                 let order =
                     quantlens_lake::arrow::compute::sort_to_indices(&keys, None, None).unwrap();
                 take_record_batch(batch, &order).unwrap()
