@@ -22,6 +22,7 @@ def deployed_tunables():
 def use_deployed_allocator():
     """Sets GLIBC_TUNABLES in this process's environment (inherited by the workers it starts) to
     the deployment's value, unless it is already set, and says which value is in effect."""
-    tunables = os.environ.setdefault("GLIBC_TUNABLES", deployed_tunables())
-    print(f"GLIBC_TUNABLES={tunables!r} ({'as deployed' if tunables == deployed_tunables() else 'from the environment'})")
+    deployed = deployed_tunables()
+    tunables = os.environ.setdefault("GLIBC_TUNABLES", deployed)
+    print(f"GLIBC_TUNABLES={tunables!r} ({'as deployed' if tunables == deployed else 'from the environment'})")
     return tunables

@@ -38,7 +38,7 @@ const LOOKBACK_ROWS: usize = 50;
 
 const SILVER_COLUMNS: [&str; 4] = ["symbol", "date", "close", "volume"];
 
-/// The column Polars sorts by: the symbol's rank in name order, then the date.
+/// The name of the series of sort keys Polars orders (see [`sort_keys`]).
 const SORT_KEY: &str = "sort_key";
 
 pub fn schema() -> SchemaRef {
@@ -289,7 +289,7 @@ fn returns_of(
     if silver_rows.iter().all(|b| b.num_rows() == 0) {
         return Ok(RecordBatch::new_empty(output_schema));
     }
-    let sorted = sorted_by_symbol_and_date(silver_rows)?;
+    let sorted = sorted_by_month_symbol_and_date(silver_rows)?;
     let symbols = string_column(&sorted, "symbol")?;
     let dates = typed_column::<Date32Array>(&sorted, "date")?.values();
     let closes = typed_column::<Float64Array>(&sorted, "close")?.values();
@@ -327,7 +327,7 @@ fn returns_of(
 /// see [`sort_keys`]). Polars sorts the keys alone (in parallel) and the columns are gathered
 /// once in that order: handing it the columns instead would convert the symbols to its string
 /// views and back, three copies of a piece where one does.
-fn sorted_by_symbol_and_date(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
+fn sorted_by_month_symbol_and_date(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
     let keys = Int64Chunked::from_vec(SORT_KEY.into(), sort_keys(&silver_rows)?);
     let order = keys.arg_sort(SortOptions::default());
     let order = UInt32Array::from(order.cont_slice().map_err(polars_error)?.to_vec());
