@@ -327,7 +327,9 @@ fn returns_of(
 /// see [`sort_keys`]). Polars sorts the keys alone (in parallel) and the columns are gathered
 /// once in that order: handing it the columns instead would convert the symbols to its string
 /// views and back, three copies of a piece where one does.
-fn sorted_by_month_symbol_and_date(silver_rows: Vec<RecordBatch>) -> Result<RecordBatch, AssetError> {
+fn sorted_by_month_symbol_and_date(
+    silver_rows: Vec<RecordBatch>,
+) -> Result<RecordBatch, AssetError> {
     let keys = Int64Chunked::from_vec(SORT_KEY.into(), sort_keys(&silver_rows)?);
     let order = keys.arg_sort(SortOptions::default());
     let order = UInt32Array::from(order.cont_slice().map_err(polars_error)?.to_vec());
