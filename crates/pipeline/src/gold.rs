@@ -15,7 +15,7 @@ use quantlens_lake::arrow::array::{
 use quantlens_lake::arrow::compute::{filter_record_batch, take_record_batch};
 use quantlens_lake::arrow::datatypes::{Schema, SchemaRef};
 
-use crate::columns::typed_column;
+use crate::columns::{typed_column, BATCH_ROWS};
 
 mod exact_sum;
 mod market_daily;
@@ -79,8 +79,8 @@ fn split_by_month(schema: &SchemaRef, batch: RecordBatch) -> Result<Vec<RecordBa
         .collect()
 }
 
-/// [`split_by_month`] for rows already grouped by month, in month order: each month's batch is a
-/// slice of `batch`, not a copy.
+/// [`split_by_month`] for rows already grouped by month, in month order: a month's rows are slices
+/// of `batch`, not a copy, of at most [`BATCH_ROWS`] rows each (their `month` columns stay small).
 fn split_grouped_by_month(
     schema: &SchemaRef,
     batch: &RecordBatch,
@@ -95,11 +95,11 @@ fn split_grouped_by_month(
                 .expect("dates stay in chrono's range"),
         );
         let end = start + dates[start..].partition_point(|day| *day < next_month);
-        months.push(with_month(
-            schema,
-            batch.slice(start, end - start),
-            &month_of(dates[start]),
-        )?);
+        let month = month_of(dates[start]);
+        for offset in (start..end).step_by(BATCH_ROWS) {
+            let rows = batch.slice(offset, BATCH_ROWS.min(end - offset));
+            months.push(with_month(schema, rows, &month)?);
+        }
         start = end;
     }
     Ok(months)
@@ -163,6 +163,36 @@ mod tests {
                 .map(RecordBatch::num_rows)
                 .collect::<Vec<_>>(),
             [3, 2, 2]
+        );
+    }
+
+    #[test]
+    fn a_large_month_comes_in_batches_of_bounded_rows() {
+        let rows = BATCH_ROWS + 5;
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("date", DataType::Date32, false),
+                Field::new("n", DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(Date32Array::from(vec![19_737; rows])),
+                Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+            ],
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("date", DataType::Date32, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("month", DataType::Utf8, false),
+        ]));
+        let grouped = split_grouped_by_month(&schema, &batch).unwrap();
+        let sizes: Vec<usize> = grouped.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, [BATCH_ROWS, 5]);
+        let whole = quantlens_lake::arrow::compute::concat_batches(&schema, &grouped).unwrap();
+        assert_eq!(
+            drop_month(&whole).unwrap(),
+            batch,
+            "every row once, in order"
         );
     }
 }

@@ -16,7 +16,7 @@ use quantlens_lake::arrow::array::{
     TimestampMicrosecondArray,
 };
 
-use crate::columns::{string_column, typed_column};
+use crate::columns::{string_column, typed_column, BATCH_ROWS};
 use crate::landing::HEADER;
 use crate::rejects::RejectsBuilder;
 use crate::rules::validate;
@@ -96,8 +96,9 @@ impl Candidate {
 
 /// Interns strings to dense ids, so millions of rows carry 4-byte keys instead of strings. It is
 /// asked once per row for a symbol and a file: foldhash rather than the DoS-resistant default
-/// hasher (the names are the lake's own), and the last answer first, since a landing file's rows
-/// come together.
+/// hasher (the names are the lake's own), and two guesses before the hash: the last answer (a
+/// landing file's rows come together) and the id after it (each day's file lists the symbols in
+/// the same order, so the symbol after the last one is usually the one first seen after it).
 #[derive(Default)]
 struct Interner {
     ids: foldhash::HashMap<String, u32>,
@@ -107,8 +108,17 @@ struct Interner {
 
 impl Interner {
     fn id(&mut self, name: &str) -> u32 {
-        if let Some(last) = self.last.filter(|last| self.names[*last as usize] == name) {
-            return last;
+        if let Some(last) = self.last {
+            for guess in [last, last + 1] {
+                if self
+                    .names
+                    .get(guess as usize)
+                    .is_some_and(|known| known == name)
+                {
+                    self.last = Some(guess);
+                    return guess;
+                }
+            }
         }
         let id = match self.ids.get(name) {
             Some(id) => *id,
@@ -137,7 +147,7 @@ impl Interner {
 
 /// Silver rows derived from candidates, with what changed and what was rejected.
 pub(super) struct Derived {
-    /// One batch per month, in (date, symbol) order.
+    /// Each month's rows in (date, symbol) order, in batches of at most [`BATCH_ROWS`].
     pub(super) batches: Vec<RecordBatch>,
     /// The (symbol, date) rows won by a bronze row of this run.
     pub(super) changes: Changes,
@@ -298,7 +308,7 @@ impl Derivation {
         })
     }
 
-    /// The winners among `candidates`, one batch per month, and the (symbol, date) rows that a
+    /// The winners among `candidates`, by month (see [`Derived::batches`]), and the (symbol, date) rows that a
     /// bronze row of this run won.
     fn derive(
         &self,
@@ -316,10 +326,7 @@ impl Derivation {
             )
         });
         candidates.dedup_by_key(|c| (c.symbol, c.date));
-        let mut changes = Changes::default();
-        for winner in candidates.iter().filter(|c| c.fresh) {
-            changes.add(&self.symbols.names[winner.symbol as usize], winner.date);
-        }
+        let changes = self.changes(&candidates);
         // Month by month from the end, giving back the candidates' memory as the rows take theirs,
         // so that a derivation holds about one copy of its rows rather than two.
         let mut batches = Vec::new();
@@ -327,7 +334,12 @@ impl Derivation {
             let month = month_of(last.date);
             let first_day = month_start(last.date);
             let start = candidates.partition_point(|c| c.date < first_day);
-            batches.push(self.batch(&candidates[start..], &month)?);
+            // Pushed last first, reversed with the months below.
+            batches.extend(
+                self.batches(&candidates[start..], &month)?
+                    .into_iter()
+                    .rev(),
+            );
             candidates.truncate(start);
             if candidates.capacity() - candidates.len() > SHRINK_SLACK {
                 candidates.shrink_to_fit();
@@ -337,7 +349,32 @@ impl Derivation {
         Ok((batches, changes))
     }
 
-    /// The silver rows of one month's winners.
+    /// The earliest date each symbol's fresh winners start from: collected by symbol id, so that
+    /// millions of winners cost an array update each rather than a hashed string.
+    fn changes(&self, winners: &[Candidate]) -> Changes {
+        let mut earliest: Vec<Option<i32>> = vec![None; self.symbols.names.len()];
+        for winner in winners.iter().filter(|c| c.fresh) {
+            let day = &mut earliest[winner.symbol as usize];
+            *day = Some(day.map_or(winner.date, |day| day.min(winner.date)));
+        }
+        let mut changes = Changes::default();
+        for (name, day) in self.symbols.names.iter().zip(earliest) {
+            if let Some(day) = day {
+                changes.add(name, day);
+            }
+        }
+        changes
+    }
+
+    /// The silver rows of one month's winners, in batches of at most [`BATCH_ROWS`].
+    fn batches(&self, winners: &[Candidate], month: &str) -> Result<Vec<RecordBatch>, AssetError> {
+        winners
+            .chunks(BATCH_ROWS)
+            .map(|chunk| self.batch(chunk, month))
+            .collect()
+    }
+
+    /// The silver rows of `winners`, all in `month`.
     fn batch(&self, winners: &[Candidate], month: &str) -> Result<RecordBatch, AssetError> {
         let column = |f: fn(&Candidate) -> f64| {
             Arc::new(Float64Array::from_iter_values(winners.iter().map(f)))
@@ -378,5 +415,20 @@ impl Derivation {
             ],
         )
         .map_err(|e| AssetError::data(format!("building the silver batch: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_ids_do_not_depend_on_the_order_guesses() {
+        let mut interner = Interner::default();
+        let names = ["b", "a", "c", "b", "a", "c", "a", "d", "c", "b", "b", "d"];
+        let ids: Vec<u32> = names.iter().map(|name| interner.id(name)).collect();
+        assert_eq!(ids, [0, 1, 2, 0, 1, 2, 1, 3, 2, 0, 0, 3]);
+        assert_eq!(interner.names, ["b", "a", "c", "d"]);
+        assert_eq!(interner.ranks(), [1, 0, 2, 3]);
     }
 }
