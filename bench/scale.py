@@ -7,9 +7,11 @@ the largest is about 1.5 GB of CSV), generates the demo landing files, then runs
 `quantlens materialize` from an empty lake (the four built-in layers, no SQL assets) inside a
 fresh cgroup limited to `--limit-mib` (default 2048: cgroup v2 `memory.max`, or v1
 `memory.limit_in_bytes`; needs root or a delegated cgroup, see tests/cgroup_memory.py). Prints,
-per size: wall time, rows/s, the worker's own peak RSS (wait4), the cgroup's peak charge (which
-also counts page cache the kernel reclaims at the limit), the OOM kills, and the per-asset
-seconds; then the growth of time and peak RSS relative to the smallest size.
+per size: wall time, rows/s, the worker's own peak RSS and CPU time (wait4), the cgroup's peak
+charge (which also counts page cache the kernel reclaims at the limit), the OOM kills, and the
+per-asset seconds; then the growth of wall time, CPU time and peak RSS relative to the smallest
+size. CPU time says whether the worker did more work per row; on a shared host the wall time
+also moves with the neighbours.
 
     cargo build --release -p quantlens
     sudo python3 bench/scale.py [--symbols 2000 4000 10000] [--days 2520] [--limit-mib 2048]
@@ -64,6 +66,7 @@ def measure(binary, root, symbols, days, limit_mib):
                                              timeout=7200)
         wall = time.perf_counter() - started
         cgroup_peak, kills, knob = limit.peak(), limit.oom_kills(), limit.describe()
+        user, system = limit.usage.ru_utime, limit.usage.ru_stime
     if status != 0:
         print(output[-3000:])
         return {"symbols": symbols, "status": status, "kills": kills, "knob": knob,
@@ -77,7 +80,7 @@ def measure(binary, root, symbols, days, limit_mib):
     return {"symbols": symbols, "days": days, "status": status, "wall": wall, "rows": rows,
             "csv_mb": csv_bytes / 1e6, "peak_mib": peak_rss / 2**20,
             "cgroup_peak_mib": (cgroup_peak or 0) / 2**20, "kills": kills, "knob": knob,
-            "assets": assets}
+            "user": user, "system": system, "assets": assets}
 
 
 def report(result, round_number, rounds):
@@ -92,6 +95,8 @@ def report(result, round_number, rounds):
     print(f"  wall {result['wall']:.2f} s, {result['rows'] / result['wall'] / 1e6:.2f} M rows/s, "
           f"peak RSS {result['peak_mib']:.0f} MiB, cgroup peak "
           f"{result['cgroup_peak_mib']:.0f} MiB, OOM kills {result['kills']}")
+    print(f"  CPU {result['user'] + result['system']:.2f} s (user {result['user']:.2f} s, "
+          f"system {result['system']:.2f} s)")
     for key, (seconds, written) in result["assets"].items():
         print(f"  {key:<20} {seconds:7.2f} s {written or 0:>12,} rows")
 
@@ -125,14 +130,17 @@ def main():
         done = [runs for runs in results.values() if all(r["status"] == 0 for r in runs)]
         if len(done) > 1:
             base = statistics.median(r["wall"] for r in done[0])
+            cpu_of = lambda r: r["user"] + r["system"]  # noqa: E731
+            base_cpu = statistics.median(cpu_of(r) for r in done[0])
             print(f"\n{'rows':>12} {'wall s':>8} {'range':>13} {'x rows':>7} {'x time':>7} "
-                  f"{'peak MiB':>9}")
+                  f"{'CPU s':>7} {'x CPU':>6} {'peak MiB':>9}")
             for runs in done:
                 walls = [r["wall"] for r in runs]
                 wall = statistics.median(walls)
+                cpu = statistics.median(cpu_of(r) for r in runs)
                 print(f"{runs[0]['rows']:>12,} {wall:8.2f} {min(walls):6.2f}-{max(walls):<6.2f} "
                       f"{runs[0]['rows'] / done[0][0]['rows']:7.2f} {wall / base:7.2f} "
-                      f"{max(r['peak_mib'] for r in runs):9.0f}")
+                      f"{cpu:7.2f} {cpu / base_cpu:6.2f} {max(r['peak_mib'] for r in runs):9.0f}")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

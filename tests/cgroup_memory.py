@@ -71,11 +71,13 @@ class MemoryLimit:
 
     def run(self, argv, env, timeout=1800):
         """Runs `argv` inside the limit; returns (exit status as subprocess reports it, the
-        child's own peak RSS in bytes, stdout+stderr)."""
+        child's own peak RSS in bytes, stdout+stderr). The child's full resource usage (CPU
+        times too) is left in `self.usage`."""
         process = subprocess.Popen(argv, env=env, preexec_fn=self.enter,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output = process.stdout.read().decode(errors="replace")
         _, status, usage = os.wait4(process.pid, 0)
+        self.usage = usage
         process.returncode = os.waitstatus_to_exitcode(status)
         process.stdout.close()
         return process.returncode, usage.ru_maxrss * 1024, output
