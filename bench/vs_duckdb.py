@@ -154,9 +154,10 @@ def main():
     parser.add_argument("--keep", default=None, help="use this directory and keep it")
     parser.add_argument("--plain-duckdb", nargs=2, metavar=("LANDING", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    use_deployed_allocator()
     if args.plain_duckdb:
+        # The child whose stdout is the JSON result; it inherits the parent's GLIBC_TUNABLES.
         return plain_duckdb(*args.plain_duckdb)
+    use_deployed_allocator()
 
     binary = args.binary or default_binary()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ql-vs-duckdb-"))
