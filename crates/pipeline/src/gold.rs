@@ -123,26 +123,36 @@ mod tests {
     use quantlens_lake::arrow::array::Int64Array;
     use quantlens_lake::arrow::datatypes::{DataType, Field};
 
-    #[test]
-    fn grouped_rows_split_into_the_same_months_as_any_rows() {
-        // Rows grouped by month (January, February, March), in no order within a month.
-        let days = [19_737, 19_723, 19_753, 19_782, 19_754, 19_813, 19_800];
-        let rows = RecordBatch::try_new(
+    /// Rows of (date, n), n numbering them in order.
+    fn numbered(days: Vec<i32>) -> RecordBatch {
+        let count = days.len() as i64;
+        RecordBatch::try_new(
             Arc::new(Schema::new(vec![
                 Field::new("date", DataType::Date32, false),
                 Field::new("n", DataType::Int64, false),
             ])),
             vec![
-                Arc::new(Date32Array::from(days.to_vec())),
-                Arc::new(Int64Array::from_iter_values(0..days.len() as i64)),
+                Arc::new(Date32Array::from(days)),
+                Arc::new(Int64Array::from_iter_values(0..count)),
             ],
         )
-        .unwrap();
-        let schema = Arc::new(Schema::new(vec![
+        .unwrap()
+    }
+
+    /// The schema of [`numbered`] rows with their `month`.
+    fn numbered_by_month() -> SchemaRef {
+        Arc::new(Schema::new(vec![
             Field::new("date", DataType::Date32, false),
             Field::new("n", DataType::Int64, false),
             Field::new("month", DataType::Utf8, false),
-        ]));
+        ]))
+    }
+
+    #[test]
+    fn grouped_rows_split_into_the_same_months_as_any_rows() {
+        // Rows grouped by month (January, February, March), in no order within a month.
+        let rows = numbered(vec![19_737, 19_723, 19_753, 19_782, 19_754, 19_813, 19_800]);
+        let schema = numbered_by_month();
         let grouped = split_grouped_by_month(&schema, &rows).unwrap();
         assert_eq!(grouped, split_by_month(&schema, rows).unwrap());
         let months: Vec<&str> = grouped
@@ -168,23 +178,8 @@ mod tests {
 
     #[test]
     fn a_large_month_comes_in_batches_of_bounded_rows() {
-        let rows = BATCH_ROWS + 5;
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("date", DataType::Date32, false),
-                Field::new("n", DataType::Int64, false),
-            ])),
-            vec![
-                Arc::new(Date32Array::from(vec![19_737; rows])),
-                Arc::new(Int64Array::from_iter_values(0..rows as i64)),
-            ],
-        )
-        .unwrap();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("date", DataType::Date32, false),
-            Field::new("n", DataType::Int64, false),
-            Field::new("month", DataType::Utf8, false),
-        ]));
+        let batch = numbered(vec![19_737; BATCH_ROWS + 5]);
+        let schema = numbered_by_month();
         let grouped = split_grouped_by_month(&schema, &batch).unwrap();
         let sizes: Vec<usize> = grouped.iter().map(RecordBatch::num_rows).collect();
         assert_eq!(sizes, [BATCH_ROWS, 5]);
