@@ -1,8 +1,9 @@
 //! When tables write their checkpoints. Opening a table replays its commits since the last
-//! checkpoint, so each table checkpoints every `delta.checkpointInterval` commits (20 here).
+//! checkpoint, so each table checkpoints every `delta.checkpointInterval` commits (10 here, or
+//! fewer if a table's property says so).
 //! delta-rs writes one inside the commit that reaches a multiple of the interval; but a daily run
 //! commits once to every table, so all six reached it in the same run, which then took about
-//! 250 ms longer than the runs around it, every 20 runs. The lake writes them instead, at most one
+//! 250 ms longer than the runs around it, every interval. The lake writes them instead, at most one
 //! per process: a table that is due when another was checkpointed by this process waits for a
 //! later commit, so the tables' checkpoints spread over consecutive runs. A table a whole interval
 //! past due is checkpointed anyway.
@@ -14,6 +15,7 @@ use deltalake::TableProperty;
 use object_store::ObjectStoreExt;
 
 use crate::error::delta;
+use crate::table::CHECKPOINT_INTERVAL;
 use crate::{At, Lake, LakeError, Table};
 
 /// The interval Delta's protocol assumes when a table sets none.
@@ -31,7 +33,9 @@ impl Lake {
         let Some(table) = self.load(key, At::Latest).await? else {
             return Ok(None);
         };
-        let interval = table.checkpoint_interval()?;
+        // Tables made when the lake's interval was longer keep that property; the lake's own
+        // interval applies to them too (it is the sole writer), a shorter one of theirs still wins.
+        let interval = table.checkpoint_interval()?.min(CHECKPOINT_INTERVAL);
         let behind = table.version() - table.last_checkpoint().await?.unwrap_or(-1);
         let my_turn = !self.checkpoint_turn.0.load(Ordering::SeqCst);
         if behind < interval || !(my_turn || behind >= 2 * interval) {

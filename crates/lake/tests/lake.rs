@@ -400,7 +400,7 @@ fn last_checkpoint(root: &std::path::Path, key: &str) -> Option<i64> {
 }
 
 #[tokio::test]
-async fn checkpoints_come_every_twenty_commits_and_at_most_one_per_process() {
+async fn checkpoints_come_every_ten_commits_and_at_most_one_per_process() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     let commit_all = |lake: Lake, keys: &'static [&'static str], commits: usize| async move {
@@ -424,35 +424,35 @@ async fn checkpoints_come_every_twenty_commits_and_at_most_one_per_process() {
         }
         written
     };
-    // One process commits 25 times to each of two tables: both are due after their 20th commit
-    // (version 19), and only the first gets its checkpoint.
+    // One process commits 15 times to each of two tables: both are due after their 10th commit
+    // (version 9), and only the first gets its checkpoint.
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
-    let written = commit_all(lake, &["t/first", "t/second"], 25).await;
-    assert_eq!(written, [("t/first", 19)]);
-    assert_eq!(last_checkpoint(&root, "t/first"), Some(19));
+    let written = commit_all(lake, &["t/first", "t/second"], 15).await;
+    assert_eq!(written, [("t/first", 9)]);
+    assert_eq!(last_checkpoint(&root, "t/first"), Some(9));
     assert_eq!(last_checkpoint(&root, "t/second"), None);
 
     // The next process checkpoints the table still due.
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
     let written = commit_all(lake, &["t/second", "t/first"], 1).await;
-    assert_eq!(written, [("t/second", 25)]);
+    assert_eq!(written, [("t/second", 15)]);
 
     // A table two intervals behind is checkpointed even when the process has written one.
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
     let written = commit_all(lake, &["t/first", "t/second"], 21).await;
     assert_eq!(
         written,
-        [("t/first", 39)],
-        "second is due at 45, first's turn already used"
+        [("t/first", 19), ("t/second", 35)],
+        "second, due at 25 after first's turn, is taken at 35, two intervals behind"
     );
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
     let written = commit_all(lake.clone(), &["t/third"], 1).await;
     assert!(written.is_empty());
-    // third's one commit took nothing; second, 21 behind, takes the turn.
-    assert_eq!(lake.checkpoint_if_due("t/second").await.unwrap(), Some(46));
-    assert_eq!(last_checkpoint(&root, "t/second"), Some(46));
-    let reopened = lake.load("t/second", At::Latest).await.unwrap().unwrap();
-    assert_eq!(reopened.version(), 46);
+    // third's one commit took nothing; first, 17 behind, takes the turn.
+    assert_eq!(lake.checkpoint_if_due("t/first").await.unwrap(), Some(36));
+    assert_eq!(last_checkpoint(&root, "t/first"), Some(36));
+    let reopened = lake.load("t/first", At::Latest).await.unwrap().unwrap();
+    assert_eq!(reopened.version(), 36);
 }
 
 #[tokio::test]
