@@ -456,6 +456,48 @@ async fn checkpoints_come_every_ten_commits_and_at_most_one_per_process() {
 }
 
 #[tokio::test]
+async fn a_table_made_with_a_longer_interval_checkpoints_at_the_lakes() {
+    use deltalake::kernel::{DataType as DeltaType, StructField};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let location = root.join("t/old");
+    std::fs::create_dir_all(&location).unwrap();
+    // As every lake made before the interval went from 20 to 10 has its tables.
+    deltalake::operations::create::CreateBuilder::new()
+        .with_location(format!("file://{}", location.display()))
+        .with_columns([
+            StructField::new("symbol", DeltaType::STRING, false),
+            StructField::new("n", DeltaType::LONG, false),
+        ])
+        .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("20"))
+        .await
+        .unwrap();
+    let lake = Lake::open(root.to_str().unwrap()).unwrap();
+    let mut written = Vec::new();
+    for n in 0..12 {
+        let rows = [("AAA", n)];
+        lake.write(
+            "t/old",
+            schema(),
+            vec![batch(&rows)],
+            WriteMode::Append,
+            &metadata("r"),
+        )
+        .await
+        .unwrap();
+        if let Some(version) = lake.checkpoint_if_due("t/old").await.unwrap() {
+            written.push(version);
+        }
+    }
+    assert_eq!(
+        written,
+        [9],
+        "ten commits (versions 0 to 9), not the table's twenty"
+    );
+    assert_eq!(last_checkpoint(&root, "t/old"), Some(9));
+}
+
+#[tokio::test]
 async fn a_lake_reads_each_commit_file_once_until_it_forgets() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
