@@ -336,8 +336,8 @@ impl Piece {
         Piece::materialization(batches, changes, progress, consumed, !self.last || more)
     }
 
-    /// The commit of this piece: it replaces the months `batches` hold (each batch within one month) and
-    /// records `changes` for the asset downstream. Unless `progress` is `None` (the update is
+    /// The commit of this piece: it replaces the months `batches` hold (each batch within one
+    /// month) and records `changes` for the asset downstream. Unless `progress` is `None` (the update is
     /// complete), it marks progress, and records `consumed` as the upstream versions read when
     /// given; `more` asks to be called again.
     pub fn materialization(

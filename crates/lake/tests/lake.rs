@@ -399,31 +399,38 @@ fn last_checkpoint(root: &std::path::Path, key: &str) -> Option<i64> {
     serde_json::from_str::<serde_json::Value>(&text).ok()?["version"].as_i64()
 }
 
+/// Commits one row `commits` times to each of `keys` in turn, as a daily run does, asking after
+/// each commit for the checkpoint; returns the (table, version) checkpoints written.
+async fn commit_all(
+    lake: Lake,
+    keys: &'static [&'static str],
+    commits: usize,
+) -> Vec<(&'static str, i64)> {
+    let mut written = Vec::new();
+    for n in 0..commits {
+        for key in keys {
+            let rows = [("AAA", n as i64)];
+            lake.write(
+                key,
+                schema(),
+                vec![batch(&rows)],
+                WriteMode::Append,
+                &metadata("r"),
+            )
+            .await
+            .unwrap();
+            if let Some(version) = lake.checkpoint_if_due(key).await.unwrap() {
+                written.push((*key, version));
+            }
+        }
+    }
+    written
+}
+
 #[tokio::test]
 async fn checkpoints_come_every_ten_commits_and_at_most_one_per_process() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
-    let commit_all = |lake: Lake, keys: &'static [&'static str], commits: usize| async move {
-        let mut written = Vec::new();
-        for n in 0..commits {
-            for key in keys {
-                let rows = [("AAA", n as i64)];
-                lake.write(
-                    key,
-                    schema(),
-                    vec![batch(&rows)],
-                    WriteMode::Append,
-                    &metadata("r"),
-                )
-                .await
-                .unwrap();
-                if let Some(version) = lake.checkpoint_if_due(key).await.unwrap() {
-                    written.push((*key, version));
-                }
-            }
-        }
-        written
-    };
     // One process commits 15 times to each of two tables: both are due after their 10th commit
     // (version 9), and only the first gets its checkpoint.
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
@@ -473,25 +480,10 @@ async fn a_table_made_with_a_longer_interval_checkpoints_at_the_lakes() {
         .await
         .unwrap();
     let lake = Lake::open(root.to_str().unwrap()).unwrap();
-    let mut written = Vec::new();
-    for n in 0..12 {
-        let rows = [("AAA", n)];
-        lake.write(
-            "t/old",
-            schema(),
-            vec![batch(&rows)],
-            WriteMode::Append,
-            &metadata("r"),
-        )
-        .await
-        .unwrap();
-        if let Some(version) = lake.checkpoint_if_due("t/old").await.unwrap() {
-            written.push(version);
-        }
-    }
+    let written = commit_all(lake, &["t/old"], 12).await;
     assert_eq!(
         written,
-        [9],
+        [("t/old", 9)],
         "ten commits (versions 0 to 9), not the table's twenty"
     );
     assert_eq!(last_checkpoint(&root, "t/old"), Some(9));

@@ -308,8 +308,8 @@ impl Derivation {
         })
     }
 
-    /// The winners among `candidates`, by month (see [`Derived::batches`]), and the (symbol, date) rows that a
-    /// bronze row of this run won.
+    /// The winners among `candidates`, by month (see [`Derived::batches`]), and the (symbol, date)
+    /// rows that a bronze row of this run won.
     fn derive(
         &self,
         mut candidates: Vec<Candidate>,
